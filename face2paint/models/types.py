@@ -78,3 +78,5 @@ class AlignedFace:
     landmarks: np.ndarray  # (5, 2) in crop coordinates
     labels: np.ndarray | None = None  # (S, S) uint8 CelebAMask-HQ ids
     flags: dict = field(default_factory=dict)  # e.g. glasses, heavy_makeup, harsh_light
+    refined: np.ndarray | None = None  # crop after the region refiners: the generator's input
+    paste_mask: np.ndarray | None = None  # (S, S) float32 0..1, feathered

@@ -141,7 +141,12 @@ class Face2Paint:
                 a.labels = self.parser.parse(a.crop, a.landmarks)
                 masks = region_masks(a.labels, smooth=self.params.parsing_smooth)
             with timer("refine"):
-                a.flags = analyze_face(a.crop, a.labels, masks)
+                a.flags = (
+                    analyze_face(a.crop, a.labels, masks)
+                    if getattr(self.parser, "supports_flags", True)
+                    else {"glasses": False, "heavy_makeup": False, "harsh_light": False,
+                          "reasons": ["no flags: the parser draws regions from landmarks"]}
+                )
                 a.refined = refine_face(a.crop, masks, self.params, a.flags)
                 a.paste_mask = masks["paste"]
             out.append(a)
@@ -150,7 +155,12 @@ class Face2Paint:
     def stylize_faces(self, aligned: list[AlignedFace]) -> list[np.ndarray]:
         if not aligned:
             return []
-        return list(self.stylizer.batch([a.refined for a in aligned]))
+        return self.stylize_crops([a.refined for a in aligned])
+
+    def stylize_crops(self, crops: list[np.ndarray]) -> list[np.ndarray]:
+        """Same-size face crops through the generator, in one batch where it supports that."""
+        batch = getattr(self.stylizer, "batch", None)
+        return list(batch(crops)) if batch else [self.stylizer(c) for c in crops]
 
     def stylize_background(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]

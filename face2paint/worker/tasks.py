@@ -174,7 +174,7 @@ def _stylize(ctx):
     pipe = _pipeline(ctx["options"])
     parsed = artifacts.npz_arrays(storage().get_bytes(_key(ctx, "parse", "faces.npz")))
     t = time.perf_counter()
-    crops = pipe.stylizer.batch(list(parsed["refined"])) if len(parsed["refined"]) else []
+    crops = pipe.stylize_crops(list(parsed["refined"]))
     t_faces = time.perf_counter() - t
     background = pipe.stylize_background(rgb)
     st = storage()

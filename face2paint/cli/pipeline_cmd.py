@@ -76,13 +76,15 @@ def stylize(
             except ImageError as e:
                 failures += 1
                 row["error"] = str(e)
-                progress.console.print(f"[red]{path}[/red]: {e}")
             rows.append(row)
             progress.advance(task)
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps({"models": chosen, "images": rows}, indent=2))
-    console.print(f"{len(files) - failures} of {len(files)} images written to {out}")
+    for row in rows:
+        if "error" in row:
+            console.print(f"[red]failed[/red] {row['input']}: {row['error']}", soft_wrap=True)
+    console.print(f"{len(files) - failures} of {len(files)} images written to {out}", soft_wrap=True)
     if failures:
         raise typer.Exit(1)
 

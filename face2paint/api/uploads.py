@@ -9,34 +9,15 @@ from __future__ import annotations
 
 import io
 import json
-import re
-from dataclasses import dataclass
 
 from fastapi import HTTPException, UploadFile
 from PIL import Image, UnidentifiedImageError
 
+from ..jobs.service import NewFile, sanitize_filename
 from ..models.registry import BY_ID
 from ..models.types import Params
 
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-@dataclass
-class Upload:
-    filename: str
-    content_type: str
-    data: bytes
-    format: str | None = None
-    error: str | None = None  # set when the file can never be processed
-
-
-def display_name(raw: str | None, index: int) -> str:
-    """A file name for display only: no directories, no control characters, bounded length.
-    Storage keys never use it."""
-    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = _CONTROL.sub("", name).strip()[:200]
-    return name or f"image-{index + 1}"
 
 
 def sniff(data: bytes, max_pixels: int) -> tuple[str | None, str | None]:
@@ -57,7 +38,7 @@ def sniff(data: bytes, max_pixels: int) -> tuple[str | None, str | None]:
     return fmt, None
 
 
-async def read_uploads(files: list[UploadFile], settings) -> list[Upload]:
+async def read_uploads(files: list[UploadFile], settings) -> list[NewFile]:
     if not files:
         raise HTTPException(400, "no files: send one or more images as multipart parts named 'files'")
     if len(files) > settings.max_files_per_job:
@@ -65,11 +46,13 @@ async def read_uploads(files: list[UploadFile], settings) -> list[Upload]:
     uploads = []
     for i, f in enumerate(files):
         data = await f.read(settings.max_upload_bytes + 1)
-        name = display_name(f.filename, i)
+        # For display only: storage keys never use it.
+        name = sanitize_filename(f.filename, i)
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"{name} is larger than the limit of {settings.max_upload_bytes} bytes")
         fmt, error = sniff(data, settings.max_image_pixels)
-        uploads.append(Upload(name, (f.content_type or "application/octet-stream")[:100], data, fmt, error))
+        ctype = (f.content_type or "application/octet-stream")[:100]
+        uploads.append(NewFile(name, ctype, data, error=error, format=fmt))
     if all(u.error for u in uploads):
         reasons = "; ".join(f"{u.filename}: {u.error}" for u in uploads[:10])
         status = 415 if any(u.error.startswith(("unsupported", "not an image")) for u in uploads) else 400

@@ -131,8 +131,10 @@ def _detect(ctx):
     st.put_bytes(_key(ctx, "detect", "image.png"), artifacts.png_bytes(image.rgb), "image/png")
     st.put_bytes(
         _key(ctx, "detect", "faces.json"),
+        # Full precision: rounded landmarks would shift the alignment and change the output.
         artifacts.json_bytes({"original_size": list(image.original_size),
-                              "faces": [f.to_dict() for f in faces]}),
+                              "faces": [{"box": list(f.box), "landmarks": f.landmarks.tolist(),
+                                         "score": f.score} for f in faces]}),
         "application/json",
     )
     with session_scope() as s:

@@ -59,7 +59,6 @@ def run(
         try:
             stack.start()
         except Exception as e:
-            stack.stop()
             _fail(f"could not start the embedded stack: {e}")
         api, api_key = stack.api_url, stack.api_key
     client = Client(api, api_key)
@@ -130,7 +129,7 @@ def up(
         console.print(f"API: {stack.api_url}  (docs at {stack.api_url}/docs)")
         console.print(f"API key for owner 'local': {stack.api_key}")
         console.print(f"logs: {stack.home / 'logs'}; Ctrl-C stops")
-        while all(p.poll() is None for p in stack.procs.values()):
+        while all(p.poll() is None for p in list(stack.procs.values())):
             time.sleep(1)
         console.print("[red]a process of the stack exited[/red]; see the logs")
     except KeyboardInterrupt:

@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks: real PostgreSQL, Redis and S3 servers (services.py)."""

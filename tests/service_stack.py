@@ -1,0 +1,56 @@
+"""A deployed-like stack for tests: the API and real worker processes over real PostgreSQL,
+Redis and S3 (from tests/conftest.py fixtures), each stack with its own database, Redis
+database number and S3 prefix so stacks never see each other's work."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from face2paint.cli.stack import ProcessStack
+from tests.helpers import model_dir
+
+_redis_db = iter(range(1, 16))
+
+
+def fresh_database(pg_url: str) -> str:
+    name = f"f2p_{uuid.uuid4().hex[:12]}"
+    url = make_url(pg_url)
+    with psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False),
+                         autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def redis_db(redis_url: str) -> str:
+    return urlsplit(redis_url)._replace(path=f"/{next(_redis_db)}").geturl()
+
+
+def stack_env(pg_url: str, redis_url: str, s3, **extra) -> dict[str, str]:
+    env = {
+        "FACE2PAINT_DATABASE_URL": fresh_database(pg_url),
+        "FACE2PAINT_BROKER_URL": redis_db(redis_url),
+        "FACE2PAINT_MODEL_DIR": str(model_dir()),
+        **s3.env(prefix=f"t-{uuid.uuid4().hex[:8]}"),
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@contextlib.contextmanager
+def service_stack(pg_url, redis_url, s3, home: Path, workers: int = 2, **extra):
+    stack = ProcessStack(stack_env(pg_url, redis_url, s3, **extra), home, workers=workers)
+    try:
+        stack.start()
+        yield stack
+    except BaseException:
+        for name in list(stack.procs):
+            print(f"--- {name} log ---\n{stack.log(name)[-4000:]}")
+        raise
+    finally:
+        stack.stop()

@@ -1,0 +1,38 @@
+"""`face2paint run` end to end in embedded mode: SQLite, local storage, embedded Redis, the API
+on a free port and a real worker process, all started and stopped by the command itself."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+from PIL import Image
+
+from tests.helpers import astronaut_path, faces_dir, model_dir
+
+
+def test_face2paint_run_embedded(tmp_path):
+    src = tmp_path / "photos"
+    src.mkdir()
+    shutil.copy(astronaut_path(), src / "astronaut.png")
+    shutil.copy(faces_dir() / "pil_hopper_gray.jpg", src / "hopper.jpg")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out = tmp_path / "results"
+    env = {**os.environ, "HOME": str(tmp_path), "FACE2PAINT_HOME": str(tmp_path / ".face2paint"),
+           "FACE2PAINT_MODEL_DIR": str(model_dir())}
+    for k in ("FACE2PAINT_DATABASE_URL", "FACE2PAINT_BROKER_URL", "FACE2PAINT_STORAGE_URL"):
+        env.pop(k, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "face2paint.cli.main", "run", str(src), "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log  # one input is broken: reported, and the exit says so
+    assert "stylize: animeganv2-hayao-int8 (best available)" in log
+    assert "broken.jpg" in log and "failed" in log
+    assert Image.open(out / "astronaut.png").size == (512, 512)
+    assert Image.open(out / "hopper.png").size == (128, 128)
+    assert not (out / "broken.png").exists()
+    # Everything it started is stopped: no worker or API process is left behind.
+    left = subprocess.run(["pgrep", "-f", f"face2paint-run-.*|{tmp_path}"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", left.stdout

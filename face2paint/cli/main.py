@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from . import models_cmd, pipeline_cmd, service_cmd
+from . import eval_cmd, models_cmd, pipeline_cmd, service_cmd
 
 app = typer.Typer(
     help="face2paint: photos in, anime-style portraits out, faces kept intact.",
@@ -15,6 +15,7 @@ app = typer.Typer(
 app.command("run")(service_cmd.run)
 app.command("stylize")(pipeline_cmd.stylize)
 app.command("detect")(pipeline_cmd.detect)
+app.command("eval")(eval_cmd.evaluate)
 app.add_typer(models_cmd.app, name="models", help="List, verify, download and convert model weights.")
 app.command("up")(service_cmd.up)
 app.command("api")(service_cmd.api)

@@ -41,3 +41,37 @@ def unsharp(image: np.ndarray, weight: float, sigma: float = 1.2) -> np.ndarray:
         return image
     blurred = cv2.GaussianBlur(image, (0, 0), sigma)
     return cv2.addWeighted(image, 1 + weight, blurred, -weight, 0)
+
+
+def match_colour(face: np.ndarray, background: np.ndarray, inverse: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Shift the stylized face's chroma (Lab a, b means under the mask) onto the stylized
+    background's in the same region, so a face stylized on its own (where the generator may pick
+    another tint, e.g. on grey or masked faces) shows no colour seam. Lightness and structure are
+    the face pass's own."""
+    s = face.shape[0]
+    weight = mask.astype(np.float32)
+    total = float(weight.sum())
+    if total < 1:
+        return face
+    matrix = cv2.invertAffineTransform(inverse)
+    under = cv2.warpAffine(background, matrix, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    lab_face = cv2.cvtColor(face, cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab_bg = cv2.cvtColor(under, cv2.COLOR_RGB2LAB).astype(np.float32)
+    for c in (1, 2):
+        shift = ((lab_bg[..., c] - lab_face[..., c]) * weight).sum() / total
+        lab_face[..., c] += shift
+    return cv2.cvtColor(np.clip(lab_face, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def compose(
+    background: np.ndarray,
+    faces: list[np.ndarray],
+    inverses: list[np.ndarray],
+    masks: list[np.ndarray],
+    sharpen_weight: float,
+) -> np.ndarray:
+    """Paste every stylized face (colour-matched) into the stylized background, then sharpen."""
+    out = background
+    for face, inverse, mask in zip(faces, inverses, masks):
+        out = paste_face(out, match_colour(face, background, inverse, mask), inverse, mask)
+    return unsharp(out, sharpen_weight)

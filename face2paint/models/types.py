@@ -63,6 +63,8 @@ class Params:
     # Faces whose eye distance is below this many pixels are left to the background pass.
     min_face_eye_distance: float = 12.0
     face_size: int = 512
+    # Faces are stylized at their own resolution in the photo (rounded up), at least this.
+    face_min_size: int = 128
     # Longest side the background is stylized at (then resized back to the image's size).
     background_max_side: int = 1024
 

@@ -17,8 +17,9 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from ..jobs import service
 from ..jobs.db import Item, Job
 from ..jobs.keys import artifact_key, result_key
+from ..jobs.storage import StorageUnavailable
 from ..settings import get_settings
-from . import artifacts
+from . import artifacts, faults
 from .app import celery_app
 from .context import session_scope, storage
 
@@ -28,6 +29,27 @@ app = celery_app()
 
 class PermanentError(Exception):
     """This input can never succeed (bad image, unknown model): fail the item, no retry."""
+
+
+# How long a stage keeps retrying through a database, storage or broker outage before the item
+# fails. Outage retries don't count against settings.max_attempts, which is for poison inputs.
+OUTAGE_GIVE_UP_S = 15 * 60
+
+
+def is_outage(e: BaseException) -> bool:
+    """Errors that say a service is unreachable, not that this input is bad: retry later."""
+    from kombu.exceptions import OperationalError as BrokerError
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(e, (StorageUnavailable, OperationalError, InterfaceError, BrokerError)):
+        return True
+    return isinstance(e, DBAPIError) and bool(e.connection_invalidated)
+
+
+def _retry_cap_s() -> int:
+    # Retry countdowns stay well under the broker's visibility timeout (3 x stage timeout): a
+    # worker holds a countdown message unacked, and Redis would hand it out a second time.
+    return max(1, min(30, get_settings().stage_timeout_s // 4))
 
 
 @lru_cache(maxsize=4)
@@ -53,47 +75,117 @@ def _worker_name(task) -> str:
     return getattr(task.request, "hostname", None) or socket.gethostname()
 
 
-def run_stage(task, stage: str, item_id: str, work) -> None:
-    """Common frame of every stage: attempt bookkeeping, errors, retries, chain control."""
+def _begin(task, stage: str, item_id: str, outage: dict | None):
+    """Start an attempt; (attempt_id, attempt_no, ctx), or None if the task must not run."""
+    if outage and outage.get("attempt"):
+        # The attempt an outage interrupted could not be closed then; close it now, which
+        # also gives it back (an outage is not the input's fault).
+        with session_scope() as s:
+            service.end_stage(s, outage["attempt"], "outage", error=outage.get("error"))
     with session_scope() as s:
         attempt = service.begin_stage(s, item_id, stage, _worker_name(task))
         if attempt is None:
-            # Terminal, canceled, or over the attempt cap (begin_stage recorded why).
-            with session_scope() as s2:
-                item = s2.get(Item, item_id)
-                if item is not None:
-                    service.refresh_job(s2, item.job_id)
-            raise Ignore()
-        attempt_id, attempt_no = attempt.id, attempt.attempt
+            # Terminal, canceled, stale, or over the attempt cap (begin_stage recorded why).
+            item = s.get(Item, item_id)
+            if item is not None:
+                service.refresh_job(s, item.job_id)
+            return None
         item = s.get(Item, item_id)
         job = s.get(Job, item.job_id)
         ctx = {"job_id": job.id, "item_id": item.id, "input_key": item.input_key,
-               "options": dict(job.options or {})}
+               "filename": item.filename, "options": dict(job.options or {})}
+        return attempt.id, attempt.attempt, ctx
+
+
+def _fail(item_id: str, job_id: str | None, reason: str) -> None:
+    with session_scope() as s:
+        item = service.fail_item(s, item_id, reason)
+        if item is not None:
+            service.refresh_job(s, job_id or item.job_id)
+
+
+def _retry_after_outage(task, stage, item_id, e, outage, attempt_id, job_id=None):
+    since = (outage or {}).get("since") or time.time()
+    if attempt_id is not None:
+        try:
+            with session_scope() as s:
+                service.end_stage(s, attempt_id, "outage", error=repr(e))
+            attempt_id = None
+        except Exception:  # noqa: BLE001 - the database is down too: the next try closes it
+            pass
+    waited = time.time() - since
+    if waited > OUTAGE_GIVE_UP_S:
+        reason = (f"{stage}: gave up after {waited / 60:.0f} min of retrying through an outage: {e}. "
+                  "Check the database, storage and broker, then submit the image again")
+        try:
+            _fail(item_id, job_id, reason)
+        except Exception:  # noqa: BLE001 - still down: the sweeper sends the item again later
+            log.error("item %s: %s (could not record it)", item_id, reason)
+        raise Ignore()
+    log.warning("stage %s of item %s hit an outage, retrying: %r", stage, item_id, e)
+    raise task.retry(
+        exc=e, countdown=min(_retry_cap_s(), 2 ** task.request.retries), max_retries=None,
+        kwargs={"outage": {"since": since, "attempt": attempt_id, "error": str(e)[:1000]}},
+    )
+
+
+def run_stage(task, stage: str, item_id: str, work, outage: dict | None = None) -> None:
+    """Common frame of every stage: attempt bookkeeping, errors, retries, chain control.
+
+    - a PermanentError fails the item at once;
+    - an outage (database, storage, broker unreachable) retries with backoff, refunding the
+      attempt, for up to OUTAGE_GIVE_UP_S;
+    - any other error (a library crash, the soft time limit) counts as an attempt and retries
+      until settings.max_attempts, then fails the item with the last error;
+    - a worker killed mid-stage leaves its attempt open; the broker redelivers the task
+      (acks_late + reject_on_worker_lost) and begin_stage counts it, so an input that kills
+      its worker every time stops at the cap.
+    Raising Ignore stops the item's chain; returning lets Celery publish the next stage.
+    """
+    try:
+        begun = _begin(task, stage, item_id, outage)
+    except Exception as e:
+        if is_outage(e):
+            _retry_after_outage(task, stage, item_id, e, outage, None)
+        raise
+    if begun is None:
+        raise Ignore()
+    attempt_id, attempt_no, ctx = begun
     t0 = time.perf_counter()
     try:
         outcome = work(ctx) or {}
-    except (Ignore, SoftTimeLimitExceeded):
+        _finish(attempt_id, "succeeded", None, stage, t0, outcome.get("timings"))
+        return
+    except Ignore:
         raise
     except PermanentError as e:
-        _finish(attempt_id, "failed", str(e), stage, t0)
-        with session_scope() as s:
-            service.fail_item(s, item_id, f"{stage}: {e}")
-            service.refresh_job(s, ctx["job_id"])
-        raise Ignore()
-    except Exception as e:  # transient: storage or database outage, a crash in a library
-        log.warning("stage %s of item %s failed, will retry: %r", stage, item_id, e)
-        _finish(attempt_id, "retry", repr(e), stage, t0)
-        settings = get_settings()
-        with session_scope() as s:
-            item = s.get(Item, item_id)
-            exhausted = item.attempts >= settings.max_attempts
-        if exhausted:
-            with session_scope() as s:
-                service.fail_item(s, item_id, f"{stage}: gave up after {settings.max_attempts} attempts: {e}")
-                service.refresh_job(s, ctx["job_id"])
+        error, permanent = e, True
+    except Exception as e:  # noqa: BLE001 - classified below
+        if is_outage(e):
+            _retry_after_outage(task, stage, item_id, e, outage, attempt_id, ctx["job_id"])
+        error, permanent = e, False
+    try:
+        if permanent:
+            _finish(attempt_id, "failed", str(error), stage, t0)
+            _fail(item_id, ctx["job_id"], f"{stage}: {error}")
             raise Ignore()
-        raise task.retry(exc=e, countdown=min(30, 2 ** attempt_no), max_retries=None)
-    _finish(attempt_id, "succeeded", None, stage, t0, outcome.get("timings"))
+        settings = get_settings()
+        if isinstance(error, SoftTimeLimitExceeded):
+            message = (f"timed out after {settings.stage_timeout_s} s "
+                       "(FACE2PAINT_STAGE_TIMEOUT_S)")
+        else:
+            message = f"{type(error).__name__}: {error}"
+        log.warning("stage %s of item %s failed (attempt %d): %s", stage, item_id, attempt_no, message)
+        _finish(attempt_id, "retry", message, stage, t0)
+        if attempt_no >= settings.max_attempts:
+            _fail(item_id, ctx["job_id"],
+                  f"{stage}: gave up after {attempt_no} attempts; last error: {message}")
+            raise Ignore()
+    except Exception as e:
+        if is_outage(e):
+            _retry_after_outage(task, stage, item_id, e, outage, attempt_id, ctx["job_id"])
+        raise
+    raise task.retry(exc=error, countdown=min(_retry_cap_s(), 2 ** attempt_no), max_retries=None)
 
 
 def _finish(attempt_id, outcome, error, stage, t0, timings=None):
@@ -129,6 +221,7 @@ def _detect(ctx):
         faces = _pipeline(options).detect(image.rgb)
     st = storage()
     st.put_bytes(_key(ctx, "detect", "image.png"), artifacts.png_bytes(image.rgb), "image/png")
+    faults.hit("detect", ctx["item_id"], (ctx["filename"],))
     st.put_bytes(
         _key(ctx, "detect", "faces.json"),
         # Full precision: rounded landmarks would shift the alignment and change the output.
@@ -157,6 +250,7 @@ def _parse(ctx):
     rgb, faces, _ = _read_detect(ctx)
     pipe = _pipeline(ctx["options"])
     aligned = pipe.prepare(rgb, faces) if faces else []
+    faults.hit("parse", ctx["item_id"], (ctx["filename"],))
     s = pipe.params.face_size
     storage().put_bytes(
         _key(ctx, "parse", "faces.npz"),
@@ -176,11 +270,12 @@ def _stylize(ctx):
     pipe = _pipeline(ctx["options"])
     parsed = artifacts.npz_arrays(storage().get_bytes(_key(ctx, "parse", "faces.npz")))
     t = time.perf_counter()
-    crops = pipe.stylize_crops(list(parsed["refined"]))
+    crops = pipe.stylize_crops(list(parsed["refined"]), [pipe.work_size(m) for m in parsed["inverse"]])
     t_faces = time.perf_counter() - t
     background = pipe.stylize_background(rgb)
     st = storage()
     st.put_bytes(_key(ctx, "stylize", "background.png"), artifacts.png_bytes(background), "image/png")
+    faults.hit("stylize", ctx["item_id"], (ctx["filename"],))
     st.put_bytes(
         _key(ctx, "stylize", "faces.npz"),
         artifacts.npz_bytes(crops=np.stack(crops) if len(crops) else np.zeros((0,) + parsed["refined"].shape[1:], np.uint8)),
@@ -191,7 +286,8 @@ def _stylize(ctx):
 
 def _finalize(ctx):
     from ..models.image_io import resize_to
-    from ..models.paste import paste_face, unsharp
+    from ..models.paste import compose
+    from ..models.types import Params
 
     st = storage()
     meta = artifacts.json_obj(st.get_bytes(_key(ctx, "detect", "faces.json")))
@@ -201,36 +297,38 @@ def _finalize(ctx):
     if options.get("face2paint", True):
         parsed = artifacts.npz_arrays(st.get_bytes(_key(ctx, "parse", "faces.npz")))
         crops = artifacts.npz_arrays(st.get_bytes(_key(ctx, "stylize", "faces.npz")))["crops"]
-        for crop, mask, inverse in zip(crops, parsed["mask"], parsed["inverse"]):
-            out = paste_face(out, crop, inverse, mask.astype("float32") / 255.0)
+        masks = [m.astype("float32") / 255.0 for m in parsed["mask"]]
+        weight = Params(**(options.get("params") or {})).post_sharpen_weight
+        out = compose(out, list(crops), list(parsed["inverse"]), masks, weight)
         face_count = len(crops)
-        weight = (options.get("params") or {}).get("post_sharpen_weight", 0.3)
-        out = unsharp(out, weight)
     original = tuple(meta["original_size"])
     if (out.shape[1], out.shape[0]) != original:
         out = resize_to(out, original)
     key = result_key(ctx["job_id"], ctx["item_id"])
+    # Deterministic key: a finalize that runs again (its worker died after this write)
+    # overwrites the same object, so an item never has two results.
     st.put_bytes(key, artifacts.png_bytes(out), "image/png")
+    faults.hit("finalize", ctx["item_id"], (ctx["filename"],))
     with session_scope() as s:
         service.complete_item(s, ctx["item_id"], key, face_count=face_count)
         service.refresh_job(s, ctx["job_id"])
 
 
 @app.task(name="face2paint.detect", bind=True)
-def detect(self, item_id: str) -> None:
-    run_stage(self, "detect", item_id, _detect)
+def detect(self, item_id: str, outage: dict | None = None) -> None:
+    run_stage(self, "detect", item_id, _detect, outage)
 
 
 @app.task(name="face2paint.parse", bind=True)
-def parse(self, item_id: str) -> None:
-    run_stage(self, "parse", item_id, _parse)
+def parse(self, item_id: str, outage: dict | None = None) -> None:
+    run_stage(self, "parse", item_id, _parse, outage)
 
 
 @app.task(name="face2paint.stylize", bind=True)
-def stylize(self, item_id: str) -> None:
-    run_stage(self, "stylize", item_id, _stylize)
+def stylize(self, item_id: str, outage: dict | None = None) -> None:
+    run_stage(self, "stylize", item_id, _stylize, outage)
 
 
 @app.task(name="face2paint.finalize", bind=True)
-def finalize(self, item_id: str) -> None:
-    run_stage(self, "finalize", item_id, _finalize)
+def finalize(self, item_id: str, outage: dict | None = None) -> None:
+    run_stage(self, "finalize", item_id, _finalize, outage)

@@ -1,0 +1,187 @@
+"""End-to-end throughput, per-item latency, job-system overhead and worker memory.
+
+`python bench/e2e.py [--images 12] [--modes embedded,services-1,services-2] [--out bench/results]`
+
+- embedded: SQLite, local storage, embedded Redis, one worker (what `face2paint run` starts);
+- services-N: real PostgreSQL, Redis and an S3 server (from the environment or started from
+  pip packages, as the tests do) with N worker processes.
+
+The work is 512² photos (scikit-image's astronaut) with the default models. The job system's
+overhead is measured on single-image jobs run one after another, so no item waits behind
+another: overhead = (item latency − the pipeline's own compute time in-process) / compute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+
+def pipeline_compute_s(image_path: Path, repeat: int = 5) -> float:
+    from face2paint.models.image_io import load_image
+    from face2paint.models.pipeline import Face2Paint
+
+    pipe, _ = Face2Paint.from_registry()
+    image = load_image(image_path)
+    pipe.run(image)  # warm: interpreters built, caches filled, as in a long-lived worker
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        pipe.run(image)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class MemorySampler:
+    """Peak RSS of each worker's process tree (the Celery parent and its pool child)."""
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids = pids
+        self.peak: dict[str, int] = {name: 0 for name in pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for name, pid in self.pids.items():
+                try:
+                    p = psutil.Process(pid)
+                    procs = [p, *p.children(recursive=True)]
+                    self.peak[name] = max(self.peak[name], max(q.memory_info().rss for q in procs))
+                except psutil.Error:
+                    pass
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def item_rows(db_url: str, job_ids: list[str]) -> list[dict]:
+    from sqlalchemy import select
+
+    from face2paint.jobs.db import Item, StageAttempt, make_engine, session_factory
+
+    engine = make_engine(db_url)
+    rows = []
+    with session_factory(engine)() as s:
+        for it in s.scalars(select(Item).where(Item.job_id.in_(job_ids))):
+            attempts = s.scalars(select(StageAttempt).where(StageAttempt.item_id == it.id)).all()
+            in_stages = sum((a.finished_at - a.started_at).total_seconds() for a in attempts if a.finished_at)
+            rows.append({
+                "status": it.status,
+                "latency_s": (it.finished_at - it.created_at).total_seconds(),
+                "in_stages_s": in_stages,
+                "timings": it.timings or {},
+            })
+    engine.dispose()
+    return rows
+
+
+def run_mode(stack, image: Path, n_batch: int, n_sequential: int) -> dict:
+    from face2paint.cli.client import Client
+
+    client = Client(stack.api_url, stack.api_key)
+    workers = {n: p.pid for n, p in stack.procs.items() if n.startswith("worker")}
+    with MemorySampler(workers) as mem:
+        # Warm-up: each worker loads its models once.
+        for _ in range(len(workers)):
+            client.wait(client.submit([image], {})["id"], interval_s=0.1)
+        seq_jobs = []
+        for _ in range(n_sequential):
+            job = client.submit([image], {})
+            client.wait(job["id"], interval_s=0.05)
+            seq_jobs.append(job["id"])
+        t0 = time.perf_counter()
+        job = client.submit([image] * n_batch, {})
+        client.wait(job["id"], interval_s=0.1)
+        wall = time.perf_counter() - t0
+    client.close()
+    db_url = stack.base_env["FACE2PAINT_DATABASE_URL"]
+    seq = item_rows(db_url, seq_jobs)
+    batch = item_rows(db_url, [job["id"]])
+    assert all(r["status"] == "succeeded" for r in seq + batch), "some items failed"
+    return {
+        "workers": len(workers),
+        "batch_images": n_batch,
+        "batch_wall_s": round(wall, 3),
+        "images_per_s": round(n_batch / wall, 3),
+        "batch_latency_p50_s": round(statistics.median(r["latency_s"] for r in batch), 3),
+        "batch_latency_max_s": round(max(r["latency_s"] for r in batch), 3),
+        "single_latency_median_s": round(statistics.median(r["latency_s"] for r in seq), 3),
+        "single_in_stages_median_s": round(statistics.median(r["in_stages_s"] for r in seq), 3),
+        "peak_rss_mb": {k: round(v / 2**20) for k, v in mem.peak.items()},
+    }
+
+
+@contextlib.contextmanager
+def services_stack(workers: int, home: Path):
+    from face2paint.cli.stack import ProcessStack
+    from face2paint.testing import services
+
+    with services.postgres_server() as pg, services.redis_server() as redis, services.s3_server() as s3:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        url = make_url(pg.url)
+        with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as c:
+            c.execute("DROP DATABASE IF EXISTS f2p_bench")
+            c.execute("CREATE DATABASE f2p_bench")
+        env = {"FACE2PAINT_DATABASE_URL": url.set(database="f2p_bench").render_as_string(hide_password=False),
+               "FACE2PAINT_BROKER_URL": redis.url, **s3.env(prefix="bench")}
+        with ProcessStack(env, home, workers=workers) as stack:
+            yield stack
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--images", type=int, default=12, help="images in the throughput batch")
+    ap.add_argument("--sequential", type=int, default=5, help="single-image jobs for overhead")
+    ap.add_argument("--modes", default="embedded,services-1,services-2")
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = ap.parse_args()
+    if not os.environ.get("FACE2PAINT_MODEL_DIR"):
+        raise SystemExit("set FACE2PAINT_MODEL_DIR to a directory of weights (e.g. ../shared/models)")
+    from skimage import data
+
+    tmp = Path(tempfile.mkdtemp(prefix="f2p-bench-"))
+    image = tmp / "astronaut.png"
+    from PIL import Image
+
+    Image.fromarray(data.astronaut()).save(image)
+    compute = pipeline_compute_s(image)
+    print(f"pipeline compute in-process (512², warm): {compute:.3f}s", flush=True)
+    results = {"pipeline_compute_s": round(compute, 3), "modes": {}}
+    for mode in args.modes.split(","):
+        home = tmp / mode
+        if mode == "embedded":
+            from face2paint.cli.stack import EmbeddedStack
+
+            ctx = EmbeddedStack(home)
+        else:
+            ctx = services_stack(int(mode.split("-")[1]), home)
+        with ctx as stack:
+            r = run_mode(stack, image, args.images, args.sequential)
+        r["overhead_ratio"] = round((r["single_latency_median_s"] - compute) / compute, 3)
+        results["modes"][mode] = r
+        print(mode, json.dumps(r), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "e2e.json").write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out / 'e2e.json'}")
+
+
+if __name__ == "__main__":
+    main()

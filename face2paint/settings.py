@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     storage_url: str | None = None  # s3://bucket/prefix or a local directory
     s3_endpoint_url: str | None = None
+    # The address clients reach the S3 server at, for presigned URLs (in docker it differs from
+    # the service-internal endpoint); defaults to s3_endpoint_url.
+    s3_public_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     presign_expires_s: int = 900
 

@@ -26,6 +26,15 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
+    def _send(self, method: str, url: str, **kw) -> httpx.Response:
+        """One request, waiting out rate limits (429 with Retry-After) a few times."""
+        for _ in range(6):
+            r = self.http.request(method, url, **kw)
+            if r.status_code != 429:
+                return r
+            time.sleep(min(30.0, float(r.headers.get("retry-after", "1") or 1)))
+        return r
+
     def _check(self, r: httpx.Response) -> httpx.Response:
         if r.status_code >= 400:
             try:
@@ -45,18 +54,18 @@ class Client:
                 ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
                 parts.append(("files", (f.name, h, ctype)))
             headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-            r = self.http.post("/v1/jobs", files=parts, data={"options": json.dumps(options)},
-                               headers=headers, timeout=600)
+            r = self._send("POST", "/v1/jobs", files=parts, data={"options": json.dumps(options)},
+                           headers=headers, timeout=600)
         finally:
             for h in handles:
                 h.close()
         return self._check(r).json()
 
     def job(self, job_id: str) -> dict:
-        return self._check(self.http.get(f"/v1/jobs/{job_id}")).json()
+        return self._check(self._send("GET", f"/v1/jobs/{job_id}")).json()
 
     def items(self, job_id: str) -> list[dict]:
-        return self._check(self.http.get(f"/v1/jobs/{job_id}/items")).json()
+        return self._check(self._send("GET", f"/v1/jobs/{job_id}/items")).json()
 
     def wait(self, job_id: str, on_poll=None, interval_s: float = 0.5, timeout_s: float | None = None) -> dict:
         start = time.monotonic()
@@ -73,7 +82,7 @@ class Client:
     def download(self, job_id: str, item_id: str) -> bytes:
         # The API answers with the file (local storage) or a redirect to a presigned URL (S3),
         # which must be fetched without our API key.
-        r = self.http.get(f"/v1/jobs/{job_id}/items/{item_id}/result", follow_redirects=False)
+        r = self._send("GET", f"/v1/jobs/{job_id}/items/{item_id}/result", follow_redirects=False)
         if r.status_code in (302, 303, 307):
             r = httpx.get(r.headers["location"], timeout=120)
         return self._check(r).content

@@ -26,9 +26,12 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def _send(self, method: str, url: str, **kw) -> httpx.Response:
-        """One request, waiting out rate limits (429 with Retry-After) a few times."""
+    def _send(self, method: str, url: str, rewind=(), **kw) -> httpx.Response:
+        """One request, waiting out rate limits (429 with Retry-After) a few times; `rewind`
+        are the open files of a multipart body, read again from the start on each try."""
         for _ in range(6):
+            for h in rewind:
+                h.seek(0)
             r = self.http.request(method, url, **kw)
             if r.status_code != 429:
                 return r
@@ -54,7 +57,7 @@ class Client:
                 ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
                 parts.append(("files", (f.name, h, ctype)))
             headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-            r = self._send("POST", "/v1/jobs", files=parts, data={"options": json.dumps(options)},
+            r = self._send("POST", "/v1/jobs", rewind=handles, files=parts, data={"options": json.dumps(options)},
                            headers=headers, timeout=600)
         finally:
             for h in handles:

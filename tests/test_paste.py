@@ -57,4 +57,6 @@ def test_faces_are_stylized_at_their_own_resolution():
     assert pipe.work_size(small.inverse) == 256
     # inverse maps crop pixels to photo pixels: 2 photo pixels per crop pixel is a big face.
     assert pipe.work_size(np.array([[2.0, 0, 0], [0, 2.0, 0]])) == 512
+    assert pipe.work_size(np.array([[0.1, 0, 0], [0, 0.1, 0]])) == 256  # the default minimum
+    pipe.params = Params(face_min_size=128)
     assert pipe.work_size(np.array([[0.1, 0, 0], [0, 0.1, 0]])) == 128

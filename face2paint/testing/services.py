@@ -117,7 +117,9 @@ class ManagedServer:
 
     def __init__(self, workdir: str | os.PathLike | None = None):
         self._owns_dir = workdir is None
-        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"f2p-{self.name}-"))
+        self.workdir = (
+            Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"f2p-{self.name}-"))
+        )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None

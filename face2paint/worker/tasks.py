@@ -111,8 +111,8 @@ def _retry_after_outage(task, stage, item_id, e, outage, attempt_id, job_id=None
             with session_scope() as s:
                 service.end_stage(s, attempt_id, "outage", error=repr(e))
             attempt_id = None
-        except Exception:  # noqa: BLE001 - the database is down too: the next try closes it
-            pass
+        except Exception:  # the database is down too: the next try closes it
+            log.debug("could not close attempt %s yet", attempt_id, exc_info=True)
     waited = time.time() - since
     if waited > OUTAGE_GIVE_UP_S:
         reason = (f"{stage}: gave up after {waited / 60:.0f} min of retrying through an outage: {e}. "
@@ -124,7 +124,7 @@ def _retry_after_outage(task, stage, item_id, e, outage, attempt_id, job_id=None
         raise Ignore()
     log.warning("stage %s of item %s hit an outage, retrying: %r", stage, item_id, e)
     raise task.retry(
-        exc=e, countdown=min(_retry_cap_s(), 2 ** task.request.retries), max_retries=None,
+        exc=e, countdown=min(_retry_cap_s(), 2 ** task.request.retries),
         kwargs={"outage": {"since": since, "attempt": attempt_id, "error": str(e)[:1000]}},
     )
 
@@ -146,7 +146,8 @@ def run_stage(task, stage: str, item_id: str, work, outage: dict | None = None) 
         begun = _begin(task, stage, item_id, outage)
     except Exception as e:
         if is_outage(e):
-            _retry_after_outage(task, stage, item_id, e, outage, None)
+            # Still down: carry the interrupted attempt (if any) on to the next try.
+            _retry_after_outage(task, stage, item_id, e, outage, (outage or {}).get("attempt"))
         raise
     if begun is None:
         raise Ignore()
@@ -154,7 +155,13 @@ def run_stage(task, stage: str, item_id: str, work, outage: dict | None = None) 
     t0 = time.perf_counter()
     try:
         outcome = work(ctx) or {}
-        _finish(attempt_id, "succeeded", None, stage, t0, outcome.get("timings"))
+        timings = dict(outcome.get("timings") or {})
+        timings[stage] = round(time.perf_counter() - t0, 4)
+        with session_scope() as s:
+            goes_on = service.finish_stage(s, attempt_id, timings, output_key=outcome.get("output_key"),
+                                           face_count=outcome.get("face_count"))
+        if not goes_on:
+            raise Ignore()  # a duplicate delivery: the newer attempt publishes the next stage
         return
     except Ignore:
         raise
@@ -185,7 +192,7 @@ def run_stage(task, stage: str, item_id: str, work, outage: dict | None = None) 
         if is_outage(e):
             _retry_after_outage(task, stage, item_id, e, outage, attempt_id, ctx["job_id"])
         raise
-    raise task.retry(exc=error, countdown=min(_retry_cap_s(), 2 ** attempt_no), max_retries=None)
+    raise task.retry(exc=error, countdown=min(_retry_cap_s(), 2 ** attempt_no))
 
 
 def _finish(attempt_id, outcome, error, stage, t0, timings=None):
@@ -309,26 +316,28 @@ def _finalize(ctx):
     # overwrites the same object, so an item never has two results.
     st.put_bytes(key, artifacts.png_bytes(out), "image/png")
     faults.hit("finalize", ctx["item_id"], (ctx["filename"],))
-    with session_scope() as s:
-        service.complete_item(s, ctx["item_id"], key, face_count=face_count)
-        service.refresh_job(s, ctx["job_id"])
+    # run_stage marks the item succeeded when it closes this attempt (one transaction).
+    return {"output_key": key, "face_count": face_count}
 
 
-@app.task(name="face2paint.detect", bind=True)
+# max_retries=None on the task: retry(max_retries=None) means "the task's default" (3), after
+# which Celery raises the error and acks the message. Retries are bounded by the attempt cap
+# and OUTAGE_GIVE_UP_S instead.
+@app.task(name="face2paint.detect", bind=True, max_retries=None)
 def detect(self, item_id: str, outage: dict | None = None) -> None:
     run_stage(self, "detect", item_id, _detect, outage)
 
 
-@app.task(name="face2paint.parse", bind=True)
+@app.task(name="face2paint.parse", bind=True, max_retries=None)
 def parse(self, item_id: str, outage: dict | None = None) -> None:
     run_stage(self, "parse", item_id, _parse, outage)
 
 
-@app.task(name="face2paint.stylize", bind=True)
+@app.task(name="face2paint.stylize", bind=True, max_retries=None)
 def stylize(self, item_id: str, outage: dict | None = None) -> None:
     run_stage(self, "stylize", item_id, _stylize, outage)
 
 
-@app.task(name="face2paint.finalize", bind=True)
+@app.task(name="face2paint.finalize", bind=True, max_retries=None)
 def finalize(self, item_id: str, outage: dict | None = None) -> None:
     run_stage(self, "finalize", item_id, _finalize, outage)

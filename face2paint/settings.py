@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, PositiveFloat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     stage_timeout_s: int = 600
     rate_limit_per_minute: int = 120
+
+    # The API's sweeper: how often it looks for items a crash left behind, and how long a
+    # committed item may stay unpublished before it is sent.
+    sweep_interval_s: PositiveFloat = 10.0
+    sweep_unpublished_after_s: PositiveFloat = 30.0
 
     @property
     def resolved_model_cache_dir(self) -> Path:

@@ -22,7 +22,6 @@ import contextlib
 import os
 import shutil
 import signal
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -243,12 +242,7 @@ def restart_api(stack) -> None:
     if api is not None and api.poll() is None:
         api.terminate()
         api.wait(30)
-    stack.procs["api"] = stack._spawn(
-        "api",
-        [sys.executable, "-m", "uvicorn", "--factory", "face2paint.api.main:create_app",
-         "--host", "127.0.0.1", "--port", str(stack.port), "--log-level", "warning"],
-    )
-    stack._wait_ready()
+    stack.start_api()
 
 
 def attempts_of(db, item_id: str, stage: str | None = None) -> list[StageAttempt]:

@@ -4,7 +4,7 @@ worker gone). Stages are idempotent, so a duplicate is harmless, but the sweeper
 an item whose task is still in the broker (queued behind a backlog, or held by a worker) is left
 alone, and a stalled item is sent from the next stage when its current one had finished.
 
-Timing (environment, read when the API starts; tests shorten both):
+Timing (settings; tests shorten both):
     FACE2PAINT_SWEEP_INTERVAL_S             seconds between sweeps (default 10)
     FACE2PAINT_SWEEP_UNPUBLISHED_AFTER_S    a committed item never published is sent after
                                             this many seconds (default 30)
@@ -15,28 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 from ..jobs import service
 
 log = logging.getLogger("face2paint.sweeper")
 
 
-def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"{name}={raw!r}: expected a positive number of seconds")
-    return value
-
-
-INTERVAL_S = _seconds("FACE2PAINT_SWEEP_INTERVAL_S", 10.0)
-UNPUBLISHED_AFTER_S = _seconds("FACE2PAINT_SWEEP_UNPUBLISHED_AFTER_S", 30.0)
 
 
 def sweep_once(sessions, settings, app=None) -> int:
@@ -45,7 +29,8 @@ def sweep_once(sessions, settings, app=None) -> int:
 
     with sessions() as s:
         stuck = service.stuck_items(
-            s, older_than_s=settings.stage_timeout_s, unpublished_after_s=UNPUBLISHED_AFTER_S
+            s, older_than_s=settings.stage_timeout_s,
+            unpublished_after_s=settings.sweep_unpublished_after_s,
         )
     if not stuck:
         return 0
@@ -75,7 +60,7 @@ def sweep_once(sessions, settings, app=None) -> int:
 
 async def sweep_forever(app) -> None:
     while True:
-        await asyncio.sleep(INTERVAL_S)
+        await asyncio.sleep(app.state.settings.sweep_interval_s)
         try:
             await asyncio.to_thread(sweep_once, app.state.sessions, app.state.settings)
         except Exception:  # keep sweeping through outages

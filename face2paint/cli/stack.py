@@ -80,13 +80,18 @@ class ProcessStack:
         engine.dispose()
         for i in range(self.n_workers):
             self.start_worker(i)
+        self.start_api()
+        return self
+
+    def start_api(self) -> subprocess.Popen:
+        """Start (or restart) the API process and wait until it answers."""
         self.procs["api"] = self._spawn(
             "api",
             [sys.executable, "-m", "uvicorn", "--factory", "face2paint.api.main:create_app",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
         )
         self._wait_ready()
-        return self
+        return self.procs["api"]
 
     def start_worker(self, i: int) -> subprocess.Popen:
         name = f"worker{i}"

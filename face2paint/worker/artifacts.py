@@ -1,7 +1,9 @@
-"""Compact artifacts passed between stages through object storage.
+"""Artifacts passed between stages through object storage.
 
-Images travel as fast-compressed PNG (lossless, a fraction of raw size), per-face arrays as one
-compressed npz, small metadata as JSON. Keys are deterministic per item and stage, so a stage
+Intermediate images and per-face arrays travel as uncompressed .npy/.npz (lossless, about
+1 ms to write or read a 512² image, where PNG took 25-35 ms: a tenth of the job system's whole
+per-image overhead, to save bytes that live for seconds); small metadata as JSON. Results,
+which users download, are PNG. Keys are deterministic per item and stage, so a stage
 that runs twice overwrites its own output and changes nothing else.
 """
 
@@ -14,9 +16,9 @@ import numpy as np
 from PIL import Image
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
+def png_bytes(rgb: np.ndarray, compress_level: int = 1) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 
@@ -25,9 +27,19 @@ def png_array(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB")).copy()
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_array(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
 def npz_bytes(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 

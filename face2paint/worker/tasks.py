@@ -227,7 +227,7 @@ def _detect(ctx):
     if options.get("face2paint", True):
         faces = _pipeline(options).detect(image.rgb)
     st = storage()
-    st.put_bytes(_key(ctx, "detect", "image.png"), artifacts.png_bytes(image.rgb), "image/png")
+    st.put_bytes(_key(ctx, "detect", "image.npy"), artifacts.npy_bytes(image.rgb), "application/octet-stream")
     faults.hit("detect", ctx["item_id"], (ctx["filename"],))
     st.put_bytes(
         _key(ctx, "detect", "faces.json"),
@@ -246,7 +246,7 @@ def _read_detect(ctx):
     from ..models.types import Face
 
     st = storage()
-    rgb = artifacts.png_array(st.get_bytes(_key(ctx, "detect", "image.png")))
+    rgb = artifacts.npy_array(st.get_bytes(_key(ctx, "detect", "image.npy")))
     meta = artifacts.json_obj(st.get_bytes(_key(ctx, "detect", "faces.json")))
     return rgb, [Face.from_dict(d) for d in meta["faces"]], tuple(meta["original_size"])
 
@@ -281,7 +281,8 @@ def _stylize(ctx):
     t_faces = time.perf_counter() - t
     background = pipe.stylize_background(rgb)
     st = storage()
-    st.put_bytes(_key(ctx, "stylize", "background.png"), artifacts.png_bytes(background), "image/png")
+    st.put_bytes(_key(ctx, "stylize", "background.npy"), artifacts.npy_bytes(background),
+                 "application/octet-stream")
     faults.hit("stylize", ctx["item_id"], (ctx["filename"],))
     st.put_bytes(
         _key(ctx, "stylize", "faces.npz"),
@@ -298,7 +299,7 @@ def _finalize(ctx):
 
     st = storage()
     meta = artifacts.json_obj(st.get_bytes(_key(ctx, "detect", "faces.json")))
-    out = artifacts.png_array(st.get_bytes(_key(ctx, "stylize", "background.png")))
+    out = artifacts.npy_array(st.get_bytes(_key(ctx, "stylize", "background.npy")))
     options = ctx["options"]
     face_count = 0
     if options.get("face2paint", True):

@@ -13,6 +13,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from face2paint.cli.stack import ProcessStack
+from face2paint.jobs.db import make_engine, session_factory
 from tests.helpers import model_dir
 
 _redis_db = iter(range(1, 16))
@@ -43,8 +44,8 @@ def stack_env(pg_url: str, redis_url: str, s3, **extra) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def service_stack(pg_url, redis_url, s3, home: Path, workers: int = 2, **extra):
-    stack = ProcessStack(stack_env(pg_url, redis_url, s3, **extra), home, workers=workers)
+def running(stack: ProcessStack):
+    """Start a stack, and stop it afterwards; on failure print the tail of each process's log."""
     try:
         stack.start()
         yield stack
@@ -54,3 +55,18 @@ def service_stack(pg_url, redis_url, s3, home: Path, workers: int = 2, **extra):
         raise
     finally:
         stack.stop()
+
+
+@contextlib.contextmanager
+def service_stack(pg_url, redis_url, s3, home: Path, workers: int = 2, **extra):
+    with running(ProcessStack(stack_env(pg_url, redis_url, s3, **extra), home, workers=workers)) as stack:
+        yield stack
+
+
+def stack_sessions(stack: ProcessStack):
+    """Sessions on a stack's database, for a fixture: `yield from stack_sessions(stack)`."""
+    engine = make_engine(stack.base_env["FACE2PAINT_DATABASE_URL"])
+    try:
+        yield session_factory(engine)
+    finally:
+        engine.dispose()

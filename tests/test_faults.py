@@ -41,7 +41,7 @@ from face2paint.jobs.keys import item_prefix, job_prefix, result_key
 from face2paint.jobs.states import STAGES, TERMINAL_ITEM_STATES
 from face2paint.worker.faults import marker_path
 from tests.helpers import astronaut_path
-from tests.service_stack import fresh_database, redis_db
+from tests.service_stack import fresh_database, redis_db, running, stack_sessions
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -85,18 +85,13 @@ def stack(pg_server, redis_server, s3_server, tmp_path_factory):
     }
     st = ProcessStack(env, home, workers=2)
     st.faults_dir = faults_dir
-    try:
-        st.start()
+    with running(st):
         yield st
-    finally:
-        st.stop()
 
 
 @pytest.fixture(scope="module")
 def db(stack):
-    engine = make_engine(stack.base_env["FACE2PAINT_DATABASE_URL"])
-    yield session_factory(engine)
-    engine.dispose()
+    yield from stack_sessions(stack)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from face2paint.cli.stack import ProcessStack
 from face2paint.jobs.db import Item, StageAttempt, make_engine, session_factory
 from face2paint.jobs.states import STAGES
 from tests.helpers import astronaut_path
-from tests.service_stack import fresh_database, redis_db
+from tests.service_stack import fresh_database, redis_db, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -57,16 +57,8 @@ def stack(pg_url, redis_url, s3, tmp_path_factory):
         "FACE2PAINT_BROKER_URL": redis_db(redis_url),
         **s3.env(prefix=f"t-{uuid.uuid4().hex[:8]}"),
     }
-    st = ProcessStack(env, tmp_path_factory.mktemp("load"), workers=2)
-    try:
-        st.start()
+    with running(ProcessStack(env, tmp_path_factory.mktemp("load"), workers=2)) as st:
         yield st
-    except BaseException:
-        for name in list(st.procs):
-            print(f"--- {name} log ---\n{st.log(name)[-4000:]}")
-        raise
-    finally:
-        st.stop()
 
 
 def test_burst_of_500_items_loses_and_duplicates_nothing(stack, s3):

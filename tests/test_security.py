@@ -32,9 +32,8 @@ from sqlalchemy.engine import make_url
 from face2paint.api.ratelimit import RateLimiter, redis_client_for
 from face2paint.cli.stack import ProcessStack, free_port
 from face2paint.jobs import service
-from face2paint.jobs.db import make_engine, session_factory
 from tests.helpers import astronaut_path
-from tests.service_stack import fresh_database, redis_db
+from tests.service_stack import fresh_database, redis_db, running, stack_sessions
 
 CARTOON = json.dumps({"style": "classical-cartoon"})
 TERMINAL = {"succeeded", "failed", "partially_succeeded", "canceled"}
@@ -94,24 +93,14 @@ def stack(pg_url, redis_url, s3, tmp_path_factory):
         "FACE2PAINT_MAX_FILES_PER_JOB": str(MAX_FILES),
         "FACE2PAINT_MAX_IMAGE_PIXELS": str(MAX_PIXELS),
     }
-    st = InfoLogStack(env, tmp_path_factory.mktemp("security"), workers=2, owner="alice")
-    try:
-        st.start()
+    with running(InfoLogStack(env, tmp_path_factory.mktemp("security"), workers=2, owner="alice")) as st:
         PLAINTEXT_KEYS.append(st.api_key)
         yield st
-    except BaseException:
-        for name in list(st.procs):
-            print(f"--- {name} log ---\n{st.log(name)[-4000:]}")
-        raise
-    finally:
-        st.stop()
 
 
 @pytest.fixture(scope="module")
 def db(stack):
-    engine = make_engine(stack.base_env["FACE2PAINT_DATABASE_URL"])
-    yield session_factory(engine)
-    engine.dispose()
+    yield from stack_sessions(stack)
 
 
 @pytest.fixture(scope="module")

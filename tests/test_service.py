@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 
 from face2paint.cli.client import Client
 from face2paint.jobs import service
-from face2paint.jobs.db import FaceRow, Item, Job, StageAttempt, make_engine, session_factory
+from face2paint.jobs.db import FaceRow, Item, Job, StageAttempt
 from tests.helpers import astronaut_path, faces_dir
-from tests.service_stack import service_stack
+from tests.service_stack import service_stack, stack_sessions
 
 pytestmark = pytest.mark.integration
 
@@ -39,9 +39,7 @@ def stack(pg_url, redis_url, s3, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def db(stack):
-    engine = make_engine(stack.base_env["FACE2PAINT_DATABASE_URL"])
-    yield session_factory(engine)
-    engine.dispose()
+    yield from stack_sessions(stack)
 
 
 @pytest.fixture

@@ -599,8 +599,11 @@ class S3Server(_S3Access, ManagedServer):
         self.port = port or free_port()
         # Every component gets its own explicit free port (weed's defaults would collide with
         # other servers, and its gRPC default of port+10000 can be taken or out of range).
-        self.ports = {name: free_port() for name in (
-            "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc")}
+        names = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc")
+        ports: set[int] = {self.port}
+        while len(ports) < len(names) + 1:  # free_port() may hand out the same port twice
+            ports.add(free_port())
+        self.ports = dict(zip(names, sorted(ports - {self.port})))
         self.access_key, self.secret_key = access_key, secret_key
         self.bucket, self.region = bucket, region
         self.endpoint_url = f"http://{self.host}:{self.port}"
@@ -624,9 +627,12 @@ class S3Server(_S3Access, ManagedServer):
             # Fresh Raft state on each start: resuming it costs a ~15 s leader election on
             # restart. Volumes and filer metadata are kept, so objects survive.
             "-master.resumeState=false", "-master.electionTimeout=1s",
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
+            # Volumes grow 7 at a time per bucket and fill up; a whole test session writes a few
+            # GB of stage artifacts, and at 16 x 64 MB puts began to fail with InternalError.
+            # Room for 200 x 256 MB: files are created lazily, so this costs no disk up front.
+            "-master.telemetry=false", "-master.volumeSizeLimitMB=256",
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
-            "-volume.max=16", "-volume.preStopSeconds=0",
+            "-volume.max=200", "-volume.preStopSeconds=0",
             "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
             "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={p['s3.grpc']}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",

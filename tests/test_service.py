@@ -112,8 +112,10 @@ def test_twenty_photos_complete_with_every_transition_visible(stack, client, db,
     astro = next(i for i in by_index if i["index"] == 0)
     assert astro["face_count"] == 1
     # Exactly one result object per item, under the item's own key.
-    keys = [k for k in s3.storage(stack.base_env["FACE2PAINT_STORAGE_URL"].split("/", 3)[3]).list(f"jobs/{job['id']}/") if k.endswith("result.png")]
-    assert len(keys) == 20
+    keys = s3.storage(stack.base_env["FACE2PAINT_STORAGE_URL"].split("/", 3)[3]).list(f"jobs/{job['id']}/")
+    assert len([k for k in keys if k.endswith("/result.png")]) == 20
+    # Stage artifacts are removed once an item has its result: inputs and results remain.
+    assert len(keys) == 40 and all(k.rsplit("/", 1)[1].startswith(("input.", "result.")) for k in keys)
 
 
 def test_broken_photo_fails_alone_with_a_reason(client, tmp_path):

@@ -16,7 +16,8 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from ..jobs import service
 from ..jobs.db import Item, Job
-from ..jobs.keys import artifact_key, result_key
+from ..jobs.keys import artifact_key, item_prefix, result_key
+from ..jobs.states import STAGES
 from ..jobs.storage import StorageUnavailable
 from ..settings import get_settings
 from . import artifacts, faults
@@ -162,6 +163,8 @@ def run_stage(task, stage: str, item_id: str, work, outage: dict | None = None) 
                                            face_count=outcome.get("face_count"))
         if not goes_on:
             raise Ignore()  # a duplicate delivery: the newer attempt publishes the next stage
+        if stage == STAGES[-1]:
+            _drop_artifacts(ctx)
         return
     except Ignore:
         raise
@@ -193,6 +196,20 @@ def run_stage(task, stage: str, item_id: str, work, outage: dict | None = None) 
             _retry_after_outage(task, stage, item_id, e, outage, attempt_id, ctx["job_id"])
         raise
     raise task.retry(exc=error, countdown=min(_retry_cap_s(), 2 ** attempt_no))
+
+
+def _drop_artifacts(ctx) -> None:
+    """Once an item has its result, its stage artifacts (several MB per photo) are garbage.
+    Best effort: a leftover costs only space. Failed items keep theirs, for diagnosis. A late
+    duplicate of a stage that finds them gone retries and then stops at the terminal item."""
+    st = storage()
+    prefix = item_prefix(ctx["job_id"], ctx["item_id"])
+    try:
+        for key in st.list(prefix):
+            if key[len(prefix):].split("/", 1)[0] in STAGES:
+                st.delete(key)
+    except Exception as e:  # noqa: BLE001 - never fail a finished item over clean-up
+        log.warning("could not remove the stage artifacts of item %s: %r", ctx["item_id"], e)
 
 
 def _finish(attempt_id, outcome, error, stage, t0, timings=None):

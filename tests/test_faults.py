@@ -606,18 +606,19 @@ def test_only_the_newest_of_concurrent_duplicate_attempts_goes_on(stack, db, sto
 
 
 
-def test_postgres_restart(stack, client, db, storage, tmp_path, pg_server):
-    """PostgreSQL goes down while two stages run (they fail to record their end) and four
-    items wait (they fail to begin), then comes back: the stages retry through the outage
-    (Celery retry with countdown) without it counting against the attempt cap."""
+def _outage(stack, client, db, storage, tmp_path, server, seconds: float, label: str,
+            *, stage_meets_it: bool) -> None:
+    """Stop `server` while two stages run and four items wait, start it again after `seconds`;
+    every stage must retry through the outage without spending attempts or needing the
+    sweeper."""
     job_id, ids = _hold_both_workers(stack, client, tmp_path, HELD + QUEUED)
-    pg_server.stop()
+    server.stop()
     _release_held(stack, ids)
-    time.sleep(4)  # the outage: long enough for several retries of every waiting stage
-    pg_server.start()
+    time.sleep(seconds)
+    server.start()
     back_at = utcnow()
     job = wait_job(db, job_id)
-    fig, items = audit(db, storage, job_id, "PostgreSQL stop 4s + start")
+    fig, items = audit(db, storage, job_id, label)
     if job is not None:
         fig.recovery_s = (job.finished_at - back_at).total_seconds()
     outages = [a for i in items.values() for a in attempts_of(db, i.id) if a.outcome == "outage"]
@@ -627,42 +628,30 @@ def test_postgres_restart(stack, client, db, storage, tmp_path, pg_server):
     report(fig)
     assert job is not None and job.status == "succeeded", (job and job.status)
     assert_clean(fig)
+    if stage_meets_it:
+        assert outages, "no stage met the outage"
     assert not swept, "retries should carry every stage through the outage, not the sweeper"
     for item in items.values():
         done = [a for a in attempts_of(db, item.id) if a.outcome == "succeeded"]
         assert [a.stage for a in done] == list(STAGES), item.filename
         assert all(a.attempt == 1 for a in done), [(a.stage, a.attempt) for a in done]
     assert_workers_alive(stack)
+
+
+def test_postgres_restart(stack, client, db, storage, tmp_path, pg_server):
+    """PostgreSQL goes down while two stages run (they fail to record their end) and four
+    items wait (they fail to begin), then comes back: the stages retry through the outage
+    (Celery retry with countdown) without it counting against the attempt cap."""
+    _outage(stack, client, db, storage, tmp_path, pg_server, 4, "PostgreSQL stop 4s + start",
+            stage_meets_it=False)
 
 
 def test_s3_unreachable_for_a_while(stack, client, db, storage, tmp_path, s3_server):
     """The S3 server is down for several seconds while two stages write to it and four items
     wait to read their input: StorageUnavailable retries with backoff, more times than the
     attempt cap, and no item fails for it."""
-    job_id, ids = _hold_both_workers(stack, client, tmp_path, HELD + QUEUED)
-    s3_server.stop()
-    _release_held(stack, ids)
-    time.sleep(8)
-    s3_server.start()
-    back_at = utcnow()
-    job = wait_job(db, job_id)
-    fig, items = audit(db, storage, job_id, "S3 server stop 8s + start")
-    if job is not None:
-        fig.recovery_s = (job.finished_at - back_at).total_seconds()
-    outages = [a for i in items.values() for a in attempts_of(db, i.id) if a.outcome == "outage"]
-    swept = [i for i in items.values() if i.id in stack.log("api")]
-    fig.note = (f"{len(outages)} attempts closed as outage (not counted); "
-                f"{len(swept)} items needed the sweeper")
-    report(fig)
-    assert job is not None and job.status == "succeeded", (job and job.status)
-    assert_clean(fig)
-    assert outages, "no stage met the outage"
-    assert not swept, "retries should carry every stage through the outage, not the sweeper"
-    for item in items.values():
-        done = [a for a in attempts_of(db, item.id) if a.outcome == "succeeded"]
-        assert [a.stage for a in done] == list(STAGES), item.filename
-        assert all(a.attempt == 1 for a in done), [(a.stage, a.attempt) for a in done]
-    assert_workers_alive(stack)
+    _outage(stack, client, db, storage, tmp_path, s3_server, 8, "S3 server stop 8s + start",
+            stage_meets_it=True)
 
 
 def test_api_crash_between_commit_and_publish(stack, client, db, storage, tmp_path):

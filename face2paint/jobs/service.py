@@ -107,24 +107,23 @@ def _truncate(text: str | None) -> str | None:
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
 
 
-def _lock_item(session: Session, item_id: str) -> Item | None:
-    # populate_existing: an Item already in the session's identity map must be refreshed with
+def _lock(session: Session, model, row_id: str):
+    # populate_existing: a row already in the session's identity map must be refreshed with
     # the values read under the lock, not kept as it was.
     return session.scalars(
-        select(Item)
-        .where(Item.id == item_id)
+        select(model)
+        .where(model.id == row_id)
         .with_for_update()
         .execution_options(populate_existing=True)
     ).one_or_none()
+
+
+def _lock_item(session: Session, item_id: str) -> Item | None:
+    return _lock(session, Item, item_id)
 
 
 def _lock_job(session: Session, job_id: str) -> Job | None:
-    return session.scalars(
-        select(Job)
-        .where(Job.id == job_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    return _lock(session, Job, job_id)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -39,6 +39,7 @@ from face2paint.cli.stack import ProcessStack
 from face2paint.jobs.db import Item, Job, StageAttempt, make_engine, session_factory
 from face2paint.jobs.keys import item_prefix, job_prefix, result_key
 from face2paint.jobs.states import STAGES, TERMINAL_ITEM_STATES
+from face2paint.worker.app import UNACKED_MUTEX_EXPIRE_S
 from face2paint.worker.faults import marker_path
 from tests.helpers import astronaut_path
 from tests.service_stack import fresh_database, redis_db, running, stack_sessions
@@ -353,7 +354,9 @@ def test_whole_worker_killed_mid_stage(stack, client, db, storage, tmp_path):
     worker = worker_of(stack, pid)
     killed_at = kill_whole_worker(stack, worker)
     stack.start_worker(int(worker.removeprefix("worker")))
-    bound_s = 3 * STAGE_TIMEOUT_S + 10  # visibility timeout + kombu's restore interval
+    # Visibility timeout + kombu's restore interval, + the restore lock's expiry in case the
+    # killed worker held it.
+    bound_s = 3 * STAGE_TIMEOUT_S + 10 + UNACKED_MUTEX_EXPIRE_S
     job = wait_job(db, job_id, timeout_s=bound_s + JOB_TIMEOUT_S)
     fig, items = audit(db, storage, job_id, "whole worker SIGKILL mid-stylize")
     rows = attempts_of(db, ids[victim], "stylize")

@@ -18,6 +18,7 @@ from ..jobs.states import STAGES
 from ..settings import Settings, get_settings
 
 TASK_NAMES = {stage: f"face2paint.{stage}" for stage in STAGES}
+UNACKED_MUTEX_EXPIRE_S = 30
 log = logging.getLogger("face2paint.worker")
 
 
@@ -48,6 +49,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
             "visibility_timeout": settings.stage_timeout_s * 3,
             "unacked_restore_interval": 10,
             "unacked_restore_throttle": 1,
+            # The restore scan runs under a Redis lock that a worker killed mid-scan leaves
+            # behind until it expires (kombu's default: 300 s, during which nobody restores).
+            # The scan takes milliseconds, so a short expiry costs nothing.
+            "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
         },
         task_ignore_result=True,
         task_serializer="json",

@@ -6,16 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from .inputs import collect_images
-
-console = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
+from .inputs import collect_images, console
+from .inputs import fail as _fail
 
 
 def evaluate(

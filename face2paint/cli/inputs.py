@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo"}
 
 
@@ -42,3 +47,20 @@ def output_names(files: list[Path], suffix: str = ".png") -> dict[Path, str]:
         used.add(name)
         names[f] = name
     return names
+
+
+def fail(message: str, code: int = 2):
+    """Print an error on stderr and exit with `code` (2: bad usage or setup, 1: work failed)."""
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def collect_or_fail(paths: list[Path]) -> list[Path]:
+    """collect_images, exiting with a clear message when a path is missing or holds no image."""
+    try:
+        files = collect_images(paths)
+    except FileNotFoundError as e:
+        fail(str(e))
+    if not files:
+        fail("no images found in " + ", ".join(map(str, paths)))
+    return files

@@ -7,26 +7,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from .inputs import collect_images, output_names
-
-console = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
-
-
-def _collect(paths: list[Path]) -> list[Path]:
-    try:
-        files = collect_images(paths)
-    except FileNotFoundError as e:
-        _fail(str(e))
-    if not files:
-        _fail("no images found in " + ", ".join(map(str, paths)))
-    return files
+from .inputs import collect_or_fail, console, output_names
+from .inputs import fail as _fail
 
 
 def stylize(
@@ -47,7 +30,7 @@ def stylize(
     from ..models.registry import ModelUnavailable
     from ..settings import get_settings
 
-    files = _collect(inputs)
+    files = collect_or_fail(inputs)
     try:
         pipe, chosen = Face2Paint.from_registry(style=style, detector=detector, parser=parser)
     except (ModelUnavailable, ValueError) as e:
@@ -110,6 +93,7 @@ def detect(
     detector: Annotated[Optional[str], typer.Option(help="Detector model id.")] = None,
 ) -> None:
     """Print the faces found in each image: box, five landmarks, score."""
+    from rich.console import Console
     from rich.table import Table
 
     from ..models import loaders
@@ -117,7 +101,7 @@ def detect(
     from ..models.registry import ModelUnavailable, Registry
     from ..settings import get_settings
 
-    files = _collect(images)
+    files = collect_or_fail(images)
     try:
         model, model_id, how = loaders.load(Registry(), "detect", detector)
     except (ModelUnavailable, ValueError) as e:

@@ -10,17 +10,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from .inputs import collect_images, output_names
+from .inputs import collect_or_fail, console, output_names
+from .inputs import fail as _fail
 
-console = Console(stderr=True)
 keys_app = typer.Typer(no_args_is_help=True)
-
-
-def _fail(message: str, code: int = 2):
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code)
 
 
 def run(
@@ -40,12 +34,7 @@ def run(
 
     from .client import ApiError, Client
 
-    try:
-        files = collect_images(inputs)
-    except FileNotFoundError as e:
-        _fail(str(e))
-    if not files:
-        _fail("no images found in " + ", ".join(map(str, inputs)))
+    files = collect_or_fail(inputs)
     if api and not api_key:
         _fail("--api needs --api-key (or FACE2PAINT_API_KEY)")
     stack, tmp = None, None

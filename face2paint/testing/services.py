@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+from ..cli.stack import free_port
+
 ENV_DATABASE_URL = "FACE2PAINT_TEST_DATABASE_URL"
 ENV_REDIS_URL = "FACE2PAINT_TEST_REDIS_URL"
 ENV_S3_ENDPOINT_URL = "FACE2PAINT_TEST_S3_ENDPOINT_URL"
@@ -52,12 +54,6 @@ PG_SYSTEM_USER = "embedded_postgres"
 
 class ServiceError(RuntimeError):
     """A test server could not be started, reached or controlled."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -259,13 +259,15 @@ def _detect(ctx):
                              width=image.original_size[0], height=image.original_size[1])
 
 
+def _read_image(ctx):
+    return artifacts.npy_array(storage().get_bytes(_key(ctx, "detect", "image.npy")))
+
+
 def _read_detect(ctx):
     from ..models.types import Face
 
-    st = storage()
-    rgb = artifacts.npy_array(st.get_bytes(_key(ctx, "detect", "image.npy")))
-    meta = artifacts.json_obj(st.get_bytes(_key(ctx, "detect", "faces.json")))
-    return rgb, [Face.from_dict(d) for d in meta["faces"]], tuple(meta["original_size"])
+    meta = artifacts.json_obj(storage().get_bytes(_key(ctx, "detect", "faces.json")))
+    return _read_image(ctx), [Face.from_dict(d) for d in meta["faces"]], tuple(meta["original_size"])
 
 
 def _parse(ctx):
@@ -290,7 +292,7 @@ def _parse(ctx):
 def _stylize(ctx):
     import numpy as np
 
-    rgb, _, _ = _read_detect(ctx)
+    rgb = _read_image(ctx)
     pipe = _pipeline(ctx["options"])
     parsed = artifacts.npz_arrays(storage().get_bytes(_key(ctx, "parse", "faces.npz")))
     t = time.perf_counter()

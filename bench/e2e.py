@@ -18,12 +18,16 @@ import contextlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
+
+# The test servers live in tests/ (a development tool, not part of the package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def pipeline_compute_s(image_path: Path, repeat: int = 5) -> float:
@@ -130,7 +134,7 @@ def run_mode(stack, image: Path, n_batch: int, n_sequential: int) -> dict:
 @contextlib.contextmanager
 def services_stack(workers: int, home: Path):
     from face2paint.cli.stack import ProcessStack
-    from face2paint.testing import services
+    from tests import servers as services
 
     with services.postgres_server() as pg, services.redis_server() as redis, services.s3_server() as s3:
         import psycopg

@@ -48,7 +48,7 @@ def main() -> None:
 
     from face2paint.models import loaders
     from face2paint.models.generators.animegan import AnimeGANStylizer, Generator
-    from face2paint.models.generators.convert_hayao import UPSAMPLE, convert
+    from face2paint.tools.convert_hayao import UPSAMPLE, convert
     from face2paint.models.registry import Registry
 
     reg = Registry()

@@ -2,7 +2,7 @@
 
 URLs from the environment are used when given (FACE2PAINT_TEST_DATABASE_URL,
 FACE2PAINT_TEST_REDIS_URL, FACE2PAINT_TEST_S3_ENDPOINT_URL + key/secret); otherwise the servers
-come from pip dev dependencies (see face2paint/testing/services.py). Servers start only when a
+come from pip dev dependencies (see tests/servers.py). Servers start only when a
 test asks for them, and every such test is marked `integration`.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from face2paint.testing import services
+from tests import servers as services
 
 SERVER_FIXTURES = {"pg_server", "pg_url", "redis_server", "redis_url", "s3_server", "s3"}
 

@@ -58,14 +58,14 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def converted():
-    from face2paint.models.generators.convert_hayao import convert
+    from face2paint.tools.convert_hayao import convert
 
     path = _model_path()
     return path, convert(path)
 
 
 def test_converted_state_dict_loads_strictly(converted, tmp_path: Path):
-    from face2paint.models.generators.convert_hayao import main
+    from face2paint.tools.convert_hayao import main
 
     path, sd = converted
     ref = Generator().state_dict()

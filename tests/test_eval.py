@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from face2paint.models import evaluate as ev
+from face2paint.tools import evaluate as ev
 from face2paint.models.types import Face
 from tests.helpers import faces_dir, model_dir
 

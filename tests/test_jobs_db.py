@@ -28,7 +28,7 @@ from face2paint.jobs.states import (
 )
 from face2paint.jobs.storage import LocalStorage
 from face2paint.settings import Settings
-from face2paint.testing.services import fresh_database
+from tests.servers import fresh_database
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),

@@ -187,7 +187,7 @@ def test_api_keys_are_stored_only_as_hashes(stack, db, new_key, finished_job):
     _assert_no_keys(dump, "the database rows")
     # And pg_dump's view of the whole database, when the client tools are at hand.
     try:
-        from face2paint.testing.services import postgres_bin_dir
+        from tests.servers import postgres_bin_dir
 
         pg_dump = postgres_bin_dir() / "pg_dump"
     except Exception:  # noqa: BLE001 - external servers may come without local tools

@@ -21,7 +21,7 @@ from face2paint.jobs.storage import (
     storage_from_settings,
 )
 from face2paint.settings import Settings
-from face2paint.testing.services import free_port
+from face2paint.cli.stack import free_port
 
 
 @pytest.fixture(

@@ -22,7 +22,7 @@ def evaluate(
     outputs and report distortion rate, landmark error, face SSIM and time, per manifest case."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..models import evaluate as ev
+    from ..tools import evaluate as ev
     from ..models.pipeline import Face2Paint
     from ..models.registry import ModelUnavailable
     from ..settings import get_settings

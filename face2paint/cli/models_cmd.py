@@ -76,7 +76,7 @@ def convert_hayao(
     out: Annotated[Path, typer.Argument(help="Where to write the PyTorch state_dict (.pt).")],
 ) -> None:
     """Convert the AnimeGANv2 Hayao int8 TFLite graph to a bryandlee-format state_dict."""
-    from ..models.generators.convert_hayao import main
+    from ..tools.convert_hayao import main
 
     main(tflite, out)
     console.print(f"wrote {out}")

@@ -73,7 +73,7 @@ def stylize(
 
 
 def _write_debug(folder: Path, rgb, result, params) -> None:
-    from ..models.debug import draw_faces, overlay_labels
+    from ..tools.debug import draw_faces, overlay_labels
     from ..models.image_io import save_image
 
     folder.mkdir(parents=True, exist_ok=True)

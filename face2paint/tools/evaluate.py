@@ -26,10 +26,10 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
-from .align import eye_distance
-from .detect import box_iou
-from .image_io import ImageError, load_image, resize_to, save_image
-from .types import Face
+from ..models.align import eye_distance
+from ..models.detect import box_iou
+from ..models.image_io import ImageError, load_image, resize_to, save_image
+from ..models.types import Face
 
 MODES = ("without", "with")  # face2paint off / on
 DISTORTION_THRESHOLD = 0.1  # NLE above this (in inter-ocular distances) counts as distorted

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .types import LABELS, Face
+from ..models.types import LABELS, Face
 
 # One colour per CelebAMask-HQ class (background black).
 PALETTE = np.array(

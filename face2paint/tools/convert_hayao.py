@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .animegan import Generator
-from .tflite import TFLiteGraph
+from ..models.generators.animegan import Generator
+from ..models.generators.tflite import TFLiteGraph
 
 __all__ = ["convert", "main", "UPSAMPLE"]
 
@@ -116,7 +116,7 @@ def main(tflite_path, out_pt) -> Path:
     return out
 
 
-if __name__ == "__main__":  # python -m face2paint.models.generators.convert_hayao in.tflite out.pt
+if __name__ == "__main__":  # python -m face2paint.tools.convert_hayao in.tflite out.pt
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tflite_path")
     ap.add_argument("out_pt")

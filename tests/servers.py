@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-from ..cli.stack import free_port
+from face2paint.cli.stack import free_port
 
 ENV_DATABASE_URL = "FACE2PAINT_TEST_DATABASE_URL"
 ENV_REDIS_URL = "FACE2PAINT_TEST_REDIS_URL"
@@ -546,7 +546,7 @@ class _S3Access:
 
     def storage(self, prefix: str = "", bucket: str | None = None, **kwargs):
         """An S3Storage on this server (a fresh prefix keeps tests apart)."""
-        from ..jobs.storage import S3Storage
+        from face2paint.jobs.storage import S3Storage
 
         return S3Storage(
             bucket or self.bucket, prefix, endpoint_url=self.endpoint_url, region=self.region,

@@ -1,0 +1,71 @@
+"""Response models of API v1."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+
+from pydantic import BaseModel
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+
+
+class JobOut(BaseModel):
+    id: str
+    status: str
+    options: dict
+    progress: Progress
+    succeeded: int
+    failed: int
+    canceled: int
+    error: Optional[str] = None
+    created_at: datetime
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+    items_url: str
+
+
+class ItemOut(BaseModel):
+    id: str
+    index: int
+    filename: Optional[str]
+    status: str
+    stage: Optional[str]
+    attempts: int
+    face_count: Optional[int]
+    width: Optional[int]
+    height: Optional[int]
+    error: Optional[str]
+    timings: Optional[dict]
+    result_url: Optional[str]
+    created_at: datetime
+    finished_at: Optional[datetime] = None
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: Optional[str]
+
+
+def job_out(job) -> JobOut:
+    done = job.succeeded + job.failed + job.canceled
+    return JobOut(
+        id=job.id, status=job.status, options=job.options or {},
+        progress=Progress(done=done, total=job.total), succeeded=job.succeeded,
+        failed=job.failed, canceled=job.canceled, error=job.error, created_at=job.created_at,
+        started_at=job.started_at, finished_at=job.finished_at,
+        items_url=f"/v1/jobs/{job.id}/items",
+    )
+
+
+def item_out(item) -> ItemOut:
+    return ItemOut(
+        id=item.id, index=item.index, filename=item.filename, status=item.status,
+        stage=item.stage, attempts=item.attempts, face_count=item.face_count,
+        width=item.width, height=item.height, error=item.error, timings=item.timings,
+        result_url=(f"/v1/jobs/{item.job_id}/items/{item.id}/result" if item.status == "succeeded" else None),
+        created_at=item.created_at, finished_at=item.finished_at,
+    )

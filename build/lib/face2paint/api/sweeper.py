@@ -1,0 +1,67 @@
+"""Re-enqueues items that a crash left behind: committed but never published, or stuck in a
+stage longer than the stage timeout allows (their task lost with a broker restart, or its
+worker gone). Stages are idempotent, so a duplicate is harmless, but the sweeper avoids them:
+an item whose task is still in the broker (queued behind a backlog, or held by a worker) is left
+alone, and a stalled item is sent from the next stage when its current one had finished.
+
+Timing (settings; tests shorten both):
+    FACE2PAINT_SWEEP_INTERVAL_S             seconds between sweeps (default 10)
+    FACE2PAINT_SWEEP_UNPUBLISHED_AFTER_S    a committed item never published is sent after
+                                            this many seconds (default 30)
+A published item counts as stalled after FACE2PAINT_STAGE_TIMEOUT_S without progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..jobs import service
+
+log = logging.getLogger("face2paint.sweeper")
+
+
+
+
+def sweep_once(sessions, settings, app=None) -> int:
+    """One sweep; returns how many items were sent again. `app`: the Celery app (tests)."""
+    from ..worker.app import enqueue_items, items_in_broker
+
+    with sessions() as s:
+        stuck = service.stuck_items(
+            s, older_than_s=settings.stage_timeout_s,
+            unpublished_after_s=settings.sweep_unpublished_after_s,
+        )
+    if not stuck:
+        return 0
+    present = items_in_broker(app)
+    if present is not None:
+        waiting = [i.item_id for i in stuck if i.item_id in present]
+        stuck = [i for i in stuck if i.item_id not in present]
+        if waiting:
+            # Their tasks are in the broker: restart their clocks instead of sending them again
+            # (and look at the broker again only after another stage timeout).
+            with sessions() as s:
+                service.mark_enqueued(s, waiting)
+    by_stage: dict[str, list[str]] = {}
+    for item_id, stage in stuck:
+        by_stage.setdefault(stage, []).append(item_id)
+    for stage, ids in by_stage.items():
+        enqueue_items(ids, from_stage=stage, app=app)
+        with sessions() as s:
+            service.mark_enqueued(s, ids)
+            s.commit()
+    if stuck:
+        shown = ", ".join(f"{i.item_id}@{i.stage}" for i in stuck[:20])
+        more = f" and {len(stuck) - 20} more" if len(stuck) > 20 else ""
+        log.warning("re-enqueued %d stuck items: %s%s", len(stuck), shown, more)
+    return len(stuck)
+
+
+async def sweep_forever(app) -> None:
+    while True:
+        await asyncio.sleep(app.state.settings.sweep_interval_s)
+        try:
+            await asyncio.to_thread(sweep_once, app.state.sessions, app.state.settings)
+        except Exception:  # keep sweeping through outages
+            log.exception("sweep failed")

@@ -1,0 +1,122 @@
+"""Checking uploads and options before anything is stored.
+
+Request-level problems (no files, too many, too large, malformed options) are answered with a
+4xx. A file that is not a supported image becomes an item marked failed with the reason, so
+its siblings still run; only when every file is unsupported does the request get a 415.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import warnings
+
+from fastapi import HTTPException, UploadFile
+from PIL import Image, UnidentifiedImageError
+
+from ..jobs.service import NewFile, sanitize_filename
+from ..models.registry import BY_ID
+from ..models.types import Params
+
+ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
+_SEND = "send JPEG, PNG, WebP, GIF, BMP or TIFF"
+# The stored Content-Type comes from the sniffed format, never from the client's declaration.
+_MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+         "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
+_BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
+
+
+def sniff(data: bytes, max_pixels: int) -> tuple[str | None, str | None]:
+    """(format, error) from the file header alone; the worker decodes fully."""
+    if not data:
+        return None, "empty file: no image data received"
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns about (and above twice its own limit refuses) huge declared sizes
+            # while reading the header; our own limit is applied below either way.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                fmt, (w, h) = im.format, im.size
+    except UnidentifiedImageError:
+        return None, f"not an image (unrecognised file content); {_SEND}"
+    except Image.DecompressionBombError as e:
+        m = _BOMB_SIZE.search(str(e))
+        declared = f" ({int(m.group(1))} pixels declared)" if m else ""
+        return None, (f"image too large{declared}, above the limit of {max_pixels} pixels "
+                      "(possible decompression bomb); send a smaller image")
+    except Exception as e:  # noqa: BLE001 - any header parse failure is the file's fault
+        return None, f"unreadable image header ({type(e).__name__}: {e}); the file is damaged or incomplete"
+    if fmt not in ALLOWED_FORMATS:
+        return fmt, f"unsupported image format {fmt}; {_SEND}"
+    if w < 1 or h < 1:
+        return fmt, f"image has no pixels ({w}x{h})"
+    if w * h > max_pixels:
+        return fmt, (f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels} "
+                     "(possible decompression bomb); send a smaller image")
+    return fmt, None
+
+
+async def read_uploads(files: list[UploadFile], settings) -> list[NewFile]:
+    if not files:
+        raise HTTPException(400, "no files: send one or more images as multipart parts named 'files'")
+    if len(files) > settings.max_files_per_job:
+        raise HTTPException(413, f"{len(files)} files in one job; the limit is {settings.max_files_per_job}")
+    uploads = []
+    for i, f in enumerate(files):
+        data = await f.read(settings.max_upload_bytes + 1)
+        # For display only: storage keys never use it.
+        name = sanitize_filename(f.filename, i)
+        if len(data) > settings.max_upload_bytes:
+            raise HTTPException(413, f"{name} is larger than the limit of {settings.max_upload_bytes} bytes")
+        fmt, error = sniff(data, settings.max_image_pixels)
+        # What the client declared is not trusted: the type follows the sniffed format.
+        ctype = _MIME.get(fmt, "application/octet-stream") if error is None else "application/octet-stream"
+        uploads.append(NewFile(name, ctype, data, error=error, format=fmt))
+    if all(u.error for u in uploads):
+        reasons = "; ".join(f"{u.filename}: {u.error}" for u in uploads[:10])
+        if any(u.error.startswith(("unsupported", "not an image")) for u in uploads):
+            status = 415
+        elif all("above the limit" in u.error for u in uploads):
+            status = 413
+        else:
+            status = 400
+        raise HTTPException(status, f"no processable image in the request: {reasons}")
+    return uploads
+
+
+_PARAM_FIELDS = set(Params.__dataclass_fields__)
+
+
+def validate_options(raw: str | None, style: str | None, face2paint: bool | None) -> dict:
+    try:
+        opts = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as e:
+        raise HTTPException(422, f"options is not valid JSON: {e}") from None
+    except (RecursionError, ValueError):  # absurdly deep nesting, huge numbers
+        raise HTTPException(422, "options is not a usable JSON object (nested too deeply or out of range)") from None
+    if not isinstance(opts, dict):
+        raise HTTPException(422, "options must be a JSON object")
+    unknown = set(opts) - {"style", "face2paint", "params"}
+    if unknown:
+        raise HTTPException(422, f"unknown option(s) {sorted(unknown)}; allowed: style, face2paint, params")
+    if style is not None:
+        opts["style"] = style
+    if face2paint is not None:
+        opts["face2paint"] = face2paint
+    st = opts.get("style")
+    if st is not None and (not isinstance(st, str) or BY_ID.get(st) is None or BY_ID[st].stage != "stylize"):
+        styles = sorted(m.id for m in BY_ID.values() if m.stage == "stylize")
+        raise HTTPException(422, f"unknown style {st!r}; choose one of {styles}")
+    if not isinstance(opts.get("face2paint", True), bool):
+        raise HTTPException(422, "face2paint must be true or false")
+    params = opts.get("params") or {}
+    if not isinstance(params, dict) or set(params) - _PARAM_FIELDS:
+        raise HTTPException(422, f"params must be an object with keys from {sorted(_PARAM_FIELDS)}")
+    for k, v in params.items():
+        default = Params.__dataclass_fields__[k].default
+        if isinstance(default, bool) != isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise HTTPException(422, f"params.{k} must be a {type(default).__name__}")
+        if not isinstance(default, bool) and not (0 <= v <= 10_000):
+            raise HTTPException(422, f"params.{k}={v} is out of range")
+    return {"style": st, "face2paint": opts.get("face2paint", True), "params": params}

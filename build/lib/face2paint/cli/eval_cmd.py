@@ -1,0 +1,86 @@
+"""`face2paint eval`: how well faces survive stylization, with and without the face recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .inputs import collect_images, console
+from .inputs import fail as _fail
+
+
+def evaluate(
+    image_dir: Annotated[Path, typer.Argument(help="Directory of photos (or one image file).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for report.json, summary.md and the contact sheets.")],
+    manifest: Annotated[Optional[Path], typer.Option(help="CSV with columns file and cases (semicolon-separated); default IMAGE_DIR/manifest.csv when present.")] = None,
+    style: Annotated[Optional[str], typer.Option(help="Stylizer model id (see `face2paint models list`).")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images, in name order.")] = None,
+) -> None:
+    """Stylize each photo with and without face2paint, re-detect the faces' landmarks on both
+    outputs and report distortion rate, landmark error, face SSIM and time, per manifest case."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..tools import evaluate as ev
+    from ..models.pipeline import Face2Paint
+    from ..models.registry import ModelUnavailable
+    from ..settings import get_settings
+
+    if not image_dir.exists():
+        _fail(f"{image_dir} does not exist")
+    files = collect_images([image_dir])
+    if not files:
+        _fail(f"no images found in {image_dir}")
+    files = files[:limit] if limit else files
+    if manifest is None and image_dir.is_dir() and (image_dir / "manifest.csv").is_file():
+        manifest = image_dir / "manifest.csv"
+    cases = None
+    if manifest is not None:
+        try:
+            cases = ev.load_manifest(manifest)
+        except (OSError, KeyError, ValueError) as e:
+            _fail(f"cannot read manifest {manifest}: {e}")
+    try:
+        pipe, chosen = Face2Paint.from_registry(style=style)
+    except (ModelUnavailable, ValueError) as e:
+        _fail(str(e))
+    for stage, how in chosen.items():
+        console.print(f"[bold]{stage}[/bold]: {how}")
+    console.print(f"manifest: {manifest or 'none (no per-case breakdown)'}")
+
+    settings = get_settings()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("evaluating", total=len(files))
+
+        def on_progress(done: int, total: int, name: str) -> None:
+            progress.update(task, completed=done, description=f"evaluating {name}".rstrip())
+
+        report = ev.evaluate(files, pipe, cases, out, on_progress, max_side=settings.max_side,
+                             max_pixels=settings.max_image_pixels)
+
+    o = report["summary"]["overall"]
+    w, f = o["without"], o["with"]
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    def num(x, nd=3):
+        return "n/a" if x is None else f"{x:.{nd}f}"
+
+    console.print(f"{o['images']} images, {o['faces']} reference faces, {report['total_s']:.0f} s")
+    console.print(f"distortion rate: without {pct(w['distortion_rate'])} ({w['distorted']}), "
+                  f"with {pct(f['distortion_rate'])} ({f['distorted']}); "
+                  f"ratio with/without {num(o['distortion_ratio'], 2)}")
+    console.print(f"mean NLE: without {num(w['mean_nle'])}, with {num(f['mean_nle'])}; "
+                  f"face SSIM: without {num(w['mean_ssim'])}, with {num(f['mean_ssim'])}")
+    console.print(f"time per image: without {num(w['time_per_image_s'], 2)} s, "
+                  f"with {num(f['time_per_image_s'], 2)} s "
+                  f"(face2paint overhead {num(o['overhead_pct'], 1)}%)")
+    console.print(f"report: {out / 'report.json'}, {out / 'summary.md'}, {out / 'contact_sheet.jpg'}")
+    failed = report["summary"]["failed"]
+    for item in failed:
+        console.print(f"[red]{item['file']}[/red]: {item['error']}")
+    if failed:
+        raise typer.Exit(1)

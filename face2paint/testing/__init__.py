@@ -1,1 +1,0 @@
-"""Helpers for tests and benchmarks: real PostgreSQL, Redis and S3 servers (services.py)."""

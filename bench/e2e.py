@@ -132,7 +132,7 @@ def run_mode(stack, image: Path, n_batch: int, n_sequential: int) -> dict:
 
 
 @contextlib.contextmanager
-def services_stack(workers: int, home: Path):
+def services_stack(workers: int, home: Path, env: dict[str, str] | None = None):
     from face2paint.cli.stack import ProcessStack
     from tests import servers as services
 
@@ -145,7 +145,7 @@ def services_stack(workers: int, home: Path):
             c.execute("DROP DATABASE IF EXISTS f2p_bench")
             c.execute("CREATE DATABASE f2p_bench")
         env = {"FACE2PAINT_DATABASE_URL": url.set(database="f2p_bench").render_as_string(hide_password=False),
-               "FACE2PAINT_BROKER_URL": redis.url, **s3.env(prefix="bench")}
+               "FACE2PAINT_BROKER_URL": redis.url, **s3.env(prefix="bench"), **(env or {})}
         with ProcessStack(env, home, workers=workers) as stack:
             yield stack
 

@@ -52,9 +52,24 @@ class Settings(BaseSettings):
     sweep_interval_s: PositiveFloat = 10.0
     sweep_unpublished_after_s: PositiveFloat = 30.0
 
+    # Worker observability. The parent of a worker's prefork pool serves the Prometheus metrics
+    # of all its pool processes on this port (unset: no endpoint; docker compose and the
+    # Kubernetes manifests set 9808). The state directory holds the heartbeat and the
+    # running-task records that `python -m face2paint.worker.liveness` checks; one per worker
+    # (default: home/worker).
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_addr: str = "0.0.0.0"
+    worker_state_dir: Path | None = None
+    # The liveness check fails when the worker's event loop has not beaten for this long.
+    worker_heartbeat_max_age_s: PositiveFloat = 120.0
+
     @property
     def resolved_model_cache_dir(self) -> Path:
         return self.model_cache_dir or (self.home / "models")
+
+    @property
+    def resolved_worker_state_dir(self) -> Path:
+        return self.worker_state_dir or (self.home / "worker")
 
 
 @lru_cache(maxsize=1)

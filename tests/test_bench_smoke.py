@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,3 +39,18 @@ def test_end_to_end_benchmark_report_is_complete(tmp_path):
     for key in ("images_per_s", "batch_latency_max_s", "single_latency_median_s", "overhead_ratio"):
         assert isinstance(r[key], float), key
     assert r["peak_rss_mb"]["worker0"] > 100
+
+
+def test_capacity_check_report_is_complete(tmp_path):
+    # A tiny load: the agreement within 20% needs a quiet machine and is not asserted here.
+    _run(["bench/capacity.py", "check", "--images", "2", "--sequential", "1", "--workers", "1,2"], tmp_path)
+    report = json.loads((tmp_path / "capacity.json").read_text())
+    assert set(report["calibration"]) == {"detect", "parse", "stylize", "finalize"}
+    for stage in report["calibration"].values():
+        assert stage["busy_s"] > 0 and stage["cpu_s"] > 0
+    for n in ("1", "2"):
+        row = report["workers"][n]
+        assert row["measured_images_per_s"] > 0 and row["simulated_images_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["simulated_images_per_s"] / row["measured_images_per_s"],
+                                             rel=0.05)  # of rounded figures
+        assert isinstance(row["within_20pct"], bool)

@@ -20,7 +20,7 @@ from ..jobs.keys import artifact_key, item_prefix, result_key
 from ..jobs.states import STAGES
 from ..jobs.storage import StorageUnavailable
 from ..settings import get_settings
-from . import artifacts, faults
+from . import artifacts, faults, metrics
 from .app import celery_app
 from .context import session_scope, storage
 
@@ -58,7 +58,9 @@ def pipeline_for(style: str | None, params_items: tuple):
     from ..models.pipeline import Face2Paint
     from ..models.types import Params
 
+    t0 = time.perf_counter()
     pipe, chosen = Face2Paint.from_registry(style=style, params=Params(**dict(params_items)))
+    metrics.model_loaded(pipe.models, time.perf_counter() - t0)
     log.info("models loaded: %s", chosen)
     return pipe
 
@@ -67,9 +69,11 @@ def _pipeline(options: dict):
     from ..models.registry import ModelUnavailable
 
     try:
-        return pipeline_for(options.get("style"), tuple(sorted((options.get("params") or {}).items())))
+        pipe = pipeline_for(options.get("style"), tuple(sorted((options.get("params") or {}).items())))
     except (ModelUnavailable, ValueError, TypeError) as e:
         raise PermanentError(str(e)) from e
+    metrics.note_models(pipe.models)
+    return pipe
 
 
 def _worker_name(task) -> str:
@@ -298,6 +302,7 @@ def _stylize(ctx):
     t = time.perf_counter()
     crops = pipe.stylize_crops(list(parsed["refined"]), [pipe.work_size(m) for m in parsed["inverse"]])
     t_faces = time.perf_counter() - t
+    metrics.stylize_batch(pipe.models["stylize"], len(crops))
     background = pipe.stylize_background(rgb)
     st = storage()
     st.put_bytes(_key(ctx, "stylize", "background.npy"), artifacts.npy_bytes(background),

@@ -52,9 +52,24 @@ class Settings(BaseSettings):
     sweep_interval_s: PositiveFloat = 10.0
     sweep_unpublished_after_s: PositiveFloat = 30.0
 
+    # Derived settings: what each unset service URL means in embedded mode. Every layer reads
+    # these instead of working the defaults out itself.
+
     @property
     def resolved_model_cache_dir(self) -> Path:
         return self.model_cache_dir or (self.home / "models")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """FACE2PAINT_DATABASE_URL, or an SQLite file under FACE2PAINT_HOME."""
+        return self.database_url or f"sqlite:///{self.home.expanduser() / 'face2paint.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """FACE2PAINT_STORAGE_URL (s3://bucket/prefix, file://..., a directory), or the
+        directory `storage` under FACE2PAINT_HOME."""
+        url = (self.storage_url or "").strip()
+        return url or str(self.home.expanduser() / "storage")
 
 
 @lru_cache(maxsize=1)

@@ -21,29 +21,29 @@ from .auth import key_from_headers, take_token, unknown_key
 from .publishing import Enqueuer
 
 
-def get_settings(request: Request) -> Settings:
+def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
+def request_session(request: Request) -> Iterator[Session]:
     with request.app.state.sessions() as session:
         yield session
 
 
-def get_storage(request: Request) -> Storage:
+def app_storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-def get_enqueuer(request: Request) -> Enqueuer:
+def app_enqueuer(request: Request) -> Enqueuer:
     return request.app.state.enqueuer
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 # scope="function": closed as soon as the route returns, not after the response is sent, so
 # no transaction (on SQLite: the write lock) outlives the route.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-StorageDep = Annotated[Storage, Depends(get_storage)]
-EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
+SessionDep = Annotated[Session, Depends(request_session, scope="function")]
+StorageDep = Annotated[Storage, Depends(app_storage)]
+EnqueuerDep = Annotated[Enqueuer, Depends(app_enqueuer)]
 
 
 def require_owner(

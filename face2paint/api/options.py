@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 from fastapi import Depends, Form, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..jobs.states import Stage
 from ..models.registry import BY_ID
 from ..models.types import Params
 
@@ -40,7 +41,7 @@ class ParamsOptions(BaseModel):
 
 
 def stylize_styles() -> list[str]:
-    return sorted(m.id for m in BY_ID.values() if m.stage == "stylize")
+    return sorted(m.id for m in BY_ID.values() if m.stage == Stage.STYLIZE)
 
 
 class JobOptions(BaseModel):
@@ -58,7 +59,7 @@ class JobOptions(BaseModel):
     @field_validator("style")
     @classmethod
     def _known_style(cls, style: str | None) -> str | None:
-        if style is not None and (BY_ID.get(style) is None or BY_ID[style].stage != "stylize"):
+        if style is not None and (BY_ID.get(style) is None or BY_ID[style].stage != Stage.STYLIZE):
             raise ValueError("unknown style")
         return style
 

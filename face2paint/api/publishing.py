@@ -57,5 +57,6 @@ class FaultyEnqueuer(Enqueuer):
     def new_job(self, session: Session, job: Job) -> int:
         from ..worker import faults
 
-        faults.hit("submit", job.id, [i.filename for i in job.items])
+        if any(i.status == ItemState.QUEUED for i in job.items):
+            faults.hit("submit", job.id, [i.filename for i in job.items])
         return super().new_job(session, job)

@@ -1,6 +1,0 @@
-"""User-facing tools beside the pipeline, not inside it: the face-quality evaluation
-(`face2paint eval`), debug drawing (`stylize --debug`) and weight converters
-(`face2paint models convert-*`).
-
-May import models/ and settings; nothing in models/, jobs/, worker/ or api/ imports tools/.
-"""

@@ -34,6 +34,7 @@ async def submit_job(
     """Submit photos for processing; returns the job at once (202) and processes it in the
     background. Repeating a request with the same Idempotency-Key returns the same job."""
     uploads = await read_uploads(files or [], settings)
+    # Two workflows that open their own units of work: the job is committed, then published.
     job, created = create_job(session, storage, owner, uploads, options.stored(), idempotency_key,
                               settings=settings)
     if created:

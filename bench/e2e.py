@@ -97,6 +97,7 @@ def item_rows(db_url: str, job_ids: list[str]) -> list[dict]:
 
 def run_mode(stack, image: Path, n_batch: int, n_sequential: int) -> dict:
     from face2paint.cli.client import Client
+    from face2paint.jobs.states import ItemState
 
     client = Client(stack.api_url, stack.api_key)
     workers = {n: p.pid for n, p in stack.procs.items() if n.startswith("worker")}
@@ -117,7 +118,7 @@ def run_mode(stack, image: Path, n_batch: int, n_sequential: int) -> dict:
     db_url = stack.base_env["FACE2PAINT_DATABASE_URL"]
     seq = item_rows(db_url, seq_jobs)
     batch = item_rows(db_url, [job["id"]])
-    assert all(r["status"] == "succeeded" for r in seq + batch), "some items failed"
+    assert all(r["status"] == ItemState.SUCCEEDED for r in seq + batch), "some items failed"
     return {
         "workers": len(workers),
         "batch_images": n_batch,

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # The liveness check fails when the worker's event loop has not beaten for this long.
     worker_heartbeat_max_age_s: PositiveFloat = 120.0
 
+    # Derived settings: what each unset service URL means in embedded mode. Every layer reads
+    # these instead of working the defaults out itself.
+
     @property
     def resolved_model_cache_dir(self) -> Path:
         return self.model_cache_dir or (self.home / "models")
@@ -70,6 +73,18 @@ class Settings(BaseSettings):
     @property
     def resolved_worker_state_dir(self) -> Path:
         return self.worker_state_dir or (self.home / "worker")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """FACE2PAINT_DATABASE_URL, or an SQLite file under FACE2PAINT_HOME."""
+        return self.database_url or f"sqlite:///{self.home.expanduser() / 'face2paint.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        """FACE2PAINT_STORAGE_URL (s3://bucket/prefix, file://..., a directory), or the
+        directory `storage` under FACE2PAINT_HOME."""
+        url = (self.storage_url or "").strip()
+        return url or str(self.home.expanduser() / "storage")
 
 
 @lru_cache(maxsize=1)

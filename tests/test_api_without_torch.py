@@ -22,16 +22,15 @@ def test_api_serves_without_heavy_dependencies(tmp_path, redis_url):
                           FACE2PAINT_BROKER_URL={redis_db(redis_url)!r})
         from fastapi.testclient import TestClient
         from face2paint.api.app import create_app
-        from face2paint.jobs import service
-        from face2paint.jobs.db import default_database_url, make_engine, session_factory
+        from face2paint.jobs.api_keys import create_api_key
+        from face2paint.jobs.db import make_engine, session_factory, session_scope
         from face2paint.jobs.migrate import upgrade
         from face2paint.settings import get_settings
 
-        url = default_database_url(get_settings())
+        url = get_settings().resolved_database_url
         upgrade(url)
-        with session_factory(make_engine(url))() as s:
-            key = service.create_api_key(s, "alice")
-            s.commit()
+        with session_scope(session_factory(make_engine(url))) as s:
+            key = create_api_key(s, "alice")
         with TestClient(create_app(sweeper=False)) as c:
             assert c.get("/healthz").json() == {{"status": "ok"}}
             assert "/v1/jobs" in c.get("/openapi.json").json()["paths"]

@@ -520,12 +520,17 @@ def test_sweeper_resends_only_items_whose_task_is_gone(pg_server, redis_server, 
     the stack's API sweeper does not see these items): an item stalled behind a backlog, whose
     task is still queued, is left alone; a never-published one is sent; after the broker loses
     everything, all are sent again, each from the stage it still needs."""
+    import functools
+
     import redis
     from sqlalchemy import update
 
     from face2paint.api.sweeper import sweep_once
-    from face2paint.jobs import service
+    from face2paint.jobs.create import create_job
+    from face2paint.jobs.db import session_scope
+    from face2paint.jobs.enqueue import publish_then_mark
     from face2paint.jobs.migrate import upgrade
+    from face2paint.jobs.stages import begin_stage, finish_stage
     from face2paint.settings import Settings
     from face2paint.worker.app import enqueue_items, items_in_broker, make_celery
 
@@ -539,20 +544,19 @@ def test_sweeper_resends_only_items_whose_task_is_gone(pg_server, redis_server, 
     storage = s3_server.storage(f"faults-sweep-{uuid.uuid4().hex[:8]}")
 
     def stall_all():
-        with sessions() as s:
+        with session_scope(sessions) as s:
             s.execute(update(Item).values(updated_at=utcnow() - timedelta(hours=1)))
-            s.commit()
 
     try:
         with sessions() as s:
-            job, _ = service.create_job(
+            job, _ = create_job(
                 s, storage, "sweeper", [(n, "image/png", b"x") for n in ("a", "b", "c")],
                 settings=settings)
             a, b, c = (i.id for i in sorted(job.items, key=lambda i: i.index))
-            enqueue_items([a, b], app=app)
-            service.mark_enqueued(s, [a, b])
+            publish_then_mark(s, functools.partial(enqueue_items, app=app), [a, b])
+        with session_scope(sessions) as s:
             # b finished detect; its parse task is what got lost later.
-            service.finish_stage(s, service.begin_stage(s, b, "detect", "w", settings=settings).id)
+            finish_stage(s, begin_stage(s, b, "detect", "w", settings=settings).id)
         assert items_in_broker(app) == {a, b}
         stall_all()
         assert sweep_once(sessions, settings, app=app) == 1  # c only: never published
@@ -574,39 +578,50 @@ def test_sweeper_resends_only_items_whose_task_is_gone(pg_server, redis_server, 
 def test_only_the_newest_of_concurrent_duplicate_attempts_goes_on(stack, db, storage):
     """The rule behind the test above, without its race: two copies of a stage run at once;
     whichever finishes first, only the newer one goes on, the older is a given-back duplicate."""
-    from face2paint.jobs import service
+    from face2paint.jobs.create import create_job
+    from face2paint.jobs.db import session_scope
+    from face2paint.jobs.stages import begin_stage, finish_stage
     from face2paint.settings import Settings
 
     settings = Settings(max_attempts=MAX_ATTEMPTS)
     owner = "faults-domain"
+
+    def begin(item_id, stage, worker):
+        with session_scope(db) as s:
+            return begin_stage(s, item_id, stage, worker, settings=settings)
+
+    def finish(attempt, **kw):
+        with session_scope(db) as s:  # each worker ends its own unit of work
+            return finish_stage(s, attempt.id, **kw)
+
     for older_finishes_first in (True, False):
         with db() as s:
-            job, _ = service.create_job(s, storage, owner, [("a.png", "image/png", b"x")],
-                                        settings=settings)
-            item_id = job.items[0].id
-            for stage in ("detect", "parse"):
-                a = service.begin_stage(s, item_id, stage, "w", settings=settings)
-                assert service.finish_stage(s, a.id)
-            older = service.begin_stage(s, item_id, "stylize", "w1", settings=settings)
-            newer = service.begin_stage(s, item_id, "stylize", "w2", settings=settings)
-            assert (older.attempt, newer.attempt) == (1, 2)
-            order = [(older, False), (newer, True)]
-            for attempt, goes_on in order if older_finishes_first else order[::-1]:
-                assert service.finish_stage(s, attempt.id) is goes_on
-            rows = {r.id: r.outcome for r in attempts_of(db, item_id, "stylize")}
-            assert rows == {older.id: "duplicate", newer.id: "succeeded"}
-            item = s.get(Item, item_id)
-            assert item.attempts == 1  # the duplicate was given back
-            # At finalize, only the newest attempt completes the item, in the same transaction.
-            older = service.begin_stage(s, item_id, "finalize", "w1", settings=settings)
-            newer = service.begin_stage(s, item_id, "finalize", "w2", settings=settings)
-            assert not service.finish_stage(s, older.id, output_key="result.png", face_count=0)
+            job, _ = create_job(s, storage, owner, [("a.png", "image/png", b"x")],
+                                settings=settings)
+        item_id = job.items[0].id
+        for stage in ("detect", "parse"):
+            assert finish(begin(item_id, stage, "w"))
+        older = begin(item_id, "stylize", "w1")
+        newer = begin(item_id, "stylize", "w2")
+        assert (older.attempt, newer.attempt) == (1, 2)
+        order = [(older, False), (newer, True)]
+        for attempt, goes_on in order if older_finishes_first else order[::-1]:
+            assert finish(attempt) is goes_on
+        rows = {r.id: r.outcome for r in attempts_of(db, item_id, "stylize")}
+        assert rows == {older.id: "duplicate", newer.id: "succeeded"}
+        with db() as s:
+            assert s.get(Item, item_id).attempts == 1  # the duplicate was given back
+        # At finalize, only the newest attempt completes the item, in the same transaction.
+        older = begin(item_id, "finalize", "w1")
+        newer = begin(item_id, "finalize", "w2")
+        assert not finish(older, output_key="result.png", face_count=0)
+        with db() as s:
             assert s.get(Item, item_id).status == "finalizing"
-            assert service.finish_stage(s, newer.id, output_key="result.png", face_count=0)
+        assert finish(newer, output_key="result.png", face_count=0)
+        with db() as s:
             item = s.get(Item, item_id)
             assert (item.status, item.output_key, item.face_count) == ("succeeded", "result.png", 0)
             assert s.get(Job, job.id).status == "succeeded"
-
 
 
 def _outage(stack, client, db, storage, tmp_path, server, seconds: float, label: str,

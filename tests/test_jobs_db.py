@@ -1,5 +1,6 @@
 """The job system's schema, migrations, state machine and domain operations, on SQLite and on a
-real PostgreSQL server."""
+real PostgreSQL server. Every domain call runs in a unit of work the test owns, as in
+production (jobs/__init__.py)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,40 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from face2paint.jobs import db, migrate, service
-from face2paint.jobs.db import FaceRow, Item, Job, StageAttempt
+from face2paint.jobs import db, migrate
+from face2paint.jobs.api_keys import create_api_key, owner_for_key, revoke_api_key
+from face2paint.jobs.cancel import cancel_job
+from face2paint.jobs.create import create_job
+from face2paint.jobs.db import FaceRow, Item, Job, StageAttempt, session_scope, unit_of_work
+from face2paint.jobs.enqueue import mark_enqueued, publish_then_mark
+from face2paint.jobs.errors import (
+    IdempotencyConflict,
+    InvalidCursor,
+    ItemNotFound,
+    JobNotFound,
+    JobRejected,
+    NoResultYet,
+)
+from face2paint.jobs.faces import record_faces
+from face2paint.jobs.listing import list_jobs
+from face2paint.jobs.lookup import get_item, get_job, get_result_key, list_items
+from face2paint.jobs.progress import refresh_job
+from face2paint.jobs.stages import begin_stage, end_stage, fail_item, finish_stage
 from face2paint.jobs.states import (
-    ITEM_STATES,
     STAGE_STATE,
     STAGES,
     TERMINAL_ITEM_STATES,
     InvalidTransition,
+    ItemState,
+    JobState,
+    Outcome,
+    Stage,
     check_item_transition,
     check_job_transition,
     job_status_from_counts,
 )
 from face2paint.jobs.storage import LocalStorage
+from face2paint.jobs.sweep import stuck_items
 from face2paint.settings import Settings
 from tests.servers import fresh_database
 
@@ -72,6 +94,12 @@ def sessions(engine):
 
 
 @pytest.fixture
+def scope(sessions):
+    """`with scope() as s:` a new session with one unit of work."""
+    return lambda: session_scope(sessions)
+
+
+@pytest.fixture
 def storage(tmp_path):
     return LocalStorage(tmp_path / "storage")
 
@@ -100,7 +128,7 @@ def files(n=2, tag="x"):
 
 def make_job(sessions, storage, owner, settings, n=2, key=None, tag=None):
     with sessions() as s:
-        job, created = service.create_job(
+        job, created = create_job(
             s, storage, owner, files(n, tag or uuid.uuid4().hex), {"style": "paprika"}, key,
             settings=settings,
         )
@@ -108,12 +136,20 @@ def make_job(sessions, storage, owner, settings, n=2, key=None, tag=None):
         return job.id, [i.id for i in job.items]
 
 
-def run_to_finalizing(sessions, item_id, settings):
-    with sessions() as s:
-        for stage in STAGES:
-            attempt = service.begin_stage(s, item_id, stage, "w1", settings=settings)
+def run_to_finalizing(sessions, item_id, settings) -> int:
+    """Each stage begun and finished as a worker does, up to finalize begun; its attempt id."""
+    with session_scope(sessions) as s:
+        for stage in STAGES[:-1]:
+            attempt = begin_stage(s, item_id, stage, "w1", settings=settings)
             assert attempt is not None and attempt.stage == stage
-            service.end_stage(s, attempt.id, "succeeded", timings={stage: 0.5})
+            assert finish_stage(s, attempt, timings={stage: 0.5})
+        return begin_stage(s, item_id, Stage.FINALIZE, "w1", settings=settings).id
+
+
+def complete(sessions, attempt_id, key="out.png", face_count=0) -> bool:
+    """The finalize stage's end: the item succeeds with its result, in the same transaction."""
+    with session_scope(sessions) as s:
+        return finish_stage(s, attempt_id, output_key=key, face_count=face_count)
 
 
 # --- migrations -----------------------------------------------------------------------------
@@ -187,8 +223,8 @@ def test_postgres_urls_use_psycopg3():
 
 
 def test_default_database_url_is_sqlite_under_home(tmp_path):
-    assert db.default_database_url(Settings(home=tmp_path)) == f"sqlite:///{tmp_path}/face2paint.db"
-    assert db.default_database_url(Settings(home=tmp_path, database_url="postgresql://x/y")) == (
+    assert Settings(home=tmp_path).resolved_database_url == f"sqlite:///{tmp_path}/face2paint.db"
+    assert Settings(home=tmp_path, database_url="postgresql://x/y").resolved_database_url == (
         "postgresql://x/y"
     )
 
@@ -225,7 +261,7 @@ def test_invalid_item_transitions(old, new):
 
 
 def test_pending_items_can_fail_or_be_canceled_terminal_never_change():
-    for state in ITEM_STATES:
+    for state in ItemState:
         for end in ("failed", "canceled"):
             if state in TERMINAL_ITEM_STATES:
                 with pytest.raises(InvalidTransition):
@@ -274,12 +310,50 @@ def test_stages_and_their_states():
     assert [STAGE_STATE[s] for s in STAGES] == ["detecting", "parsing", "stylizing", "finalizing"]
 
 
-# --- service: creating jobs -----------------------------------------------------------------
+# --- states in the database -----------------------------------------------------------------
+
+
+def test_state_enums_round_trip_through_the_database(sessions, scope, storage, owner, settings):
+    job_id, (item_id, other) = make_job(sessions, storage, owner, settings, n=2)
+    with scope() as s:
+        a = begin_stage(s, item_id, "detect", "w", settings=settings)
+        end_stage(s, a, "outage")
+        b = begin_stage(s, item_id, Stage.DETECT, "w", settings=settings)
+        attempt_ids = (a.id, b.id)
+    with sessions() as s:  # a new session: every value comes from the database
+        job, item = s.get(Job, job_id), s.get(Item, item_id)
+        attempts = [s.get(StageAttempt, i) for i in attempt_ids]
+        assert type(job.status) is JobState and job.status is JobState.RUNNING
+        assert type(item.status) is ItemState and item.status is ItemState.DETECTING
+        assert type(item.stage) is Stage and item.stage is Stage.DETECT
+        assert s.get(Item, other).status is ItemState.QUEUED and s.get(Item, other).stage is None
+        assert [(type(r.stage), r.outcome) for r in attempts] == [
+            (Stage, Outcome.OUTAGE), (Stage, None)]
+        # Stored as the plain values, readable by anything that reads the database.
+        raw = s.execute(sa.text("SELECT status, stage FROM items WHERE id = :i"), {"i": item_id}).one()
+        assert tuple(raw) == ("detecting", "detect") and type(raw[0]) is str
+        # Queries take members and strings alike.
+        assert s.scalar(sa.select(sa.func.count()).where(
+            Item.job_id == job_id, Item.status == "queued")) == 1
+    # A value outside the enum is refused on the way in, and named on the way out.
+    with pytest.raises(sa.exc.StatementError, match="exploded"):
+        with scope() as s:
+            s.get(Item, other).status = "exploded"
+    with scope() as s:
+        s.execute(sa.text("UPDATE items SET status = 'exploded' WHERE id = :i"), {"i": other})
+    with sessions() as s:
+        with pytest.raises(ValueError, match="exploded"):
+            s.get(Item, other)
+    with scope() as s:
+        s.execute(sa.text("UPDATE items SET status = 'queued' WHERE id = :i"), {"i": other})
+
+
+# --- creating jobs --------------------------------------------------------------------------
 
 
 def test_create_job_stores_inputs_then_rows(sessions, storage, owner, settings):
     with sessions() as s:
-        job, created = service.create_job(
+        job, created = create_job(
             s, storage, owner,
             [("../../etc/passwd", "image/png", b"png-bytes"),
              ("C:\\Users\\me\\face.JPG", "image/jpeg", b"jpg-bytes"),
@@ -302,9 +376,9 @@ def test_create_job_stores_inputs_then_rows(sessions, storage, owner, settings):
 def test_create_job_is_idempotent_per_owner_and_key(sessions, storage, owner, settings):
     args = (files(2, "same"), {"style": "paprika"}, "key-1")
     with sessions() as s:
-        job1, created1 = service.create_job(s, storage, owner, *args, settings=settings)
+        job1, created1 = create_job(s, storage, owner, *args, settings=settings)
     with sessions() as s:
-        job2, created2 = service.create_job(s, storage, owner, *args, settings=settings)
+        job2, created2 = create_job(s, storage, owner, *args, settings=settings)
         assert (created1, created2) == (True, False)
         assert job2.id == job1.id
         assert sorted(i.id for i in job2.items) == sorted(i.id for i in job1.items)
@@ -312,15 +386,15 @@ def test_create_job_is_idempotent_per_owner_and_key(sessions, storage, owner, se
     assert len(storage.list("jobs/")) == 2  # the repeat stored nothing
 
     with sessions() as s:  # the same key for another owner is another job
-        other, created = service.create_job(s, storage, owner + "-b", *args, settings=settings)
+        other, created = create_job(s, storage, owner + "-b", *args, settings=settings)
         assert created and other.id != job1.id
     with sessions() as s:  # the same key with different content is an error
-        with pytest.raises(service.IdempotencyConflict, match="different request"):
-            service.create_job(s, storage, owner, files(2, "other"), {"style": "paprika"},
-                               "key-1", settings=settings)
+        with pytest.raises(IdempotencyConflict, match="different request"):
+            create_job(s, storage, owner, files(2, "other"), {"style": "paprika"},
+                       "key-1", settings=settings)
     with sessions() as s:  # no key: every request is a new job
-        a, _ = service.create_job(s, storage, owner, files(1, "n"), {}, None, settings=settings)
-        b, _ = service.create_job(s, storage, owner, files(1, "n"), {}, None, settings=settings)
+        a, _ = create_job(s, storage, owner, files(1, "n"), {}, None, settings=settings)
+        b, _ = create_job(s, storage, owner, files(1, "n"), {}, None, settings=settings)
         assert a.id != b.id
 
 
@@ -332,7 +406,7 @@ def test_concurrent_creates_with_one_key_make_one_job(sessions, storage, owner, 
         try:
             barrier.wait()
             with sessions() as s:
-                job, created = service.create_job(
+                job, created = create_job(
                     s, storage, owner, files(2, "race"), {}, "race-key", settings=settings
                 )
                 results.append((job.id, created))
@@ -353,33 +427,76 @@ def test_concurrent_creates_with_one_key_make_one_job(sessions, storage, owner, 
 
 def test_create_job_limits(sessions, storage, owner, settings):
     with sessions() as s:
-        with pytest.raises(service.JobRejected, match="at least one"):
-            service.create_job(s, storage, owner, [], {}, None, settings=settings)
-        with pytest.raises(service.JobRejected, match="limit is 10"):
-            service.create_job(s, storage, owner, files(11), {}, None, settings=settings)
+        with pytest.raises(JobRejected, match="at least one"):
+            create_job(s, storage, owner, [], {}, None, settings=settings)
+        with pytest.raises(JobRejected, match="limit is 10"):
+            create_job(s, storage, owner, files(11), {}, None, settings=settings)
+        with pytest.raises(JobRejected, match="idempotency key"):
+            create_job(s, storage, owner, files(1), {}, "k" * 256, settings=settings)
     assert storage.list("") == []
 
 
-# --- service: running stages ----------------------------------------------------------------
-
-
-def test_lifecycle_to_success(sessions, storage, owner, settings):
-    job_id, (item_id,) = make_job(sessions, storage, owner, settings, n=1)
+def test_workflows_refuse_an_open_transaction(sessions, storage, owner, settings):
+    """create_job and publish_then_mark commit between their steps: called inside a caller's
+    transaction they would commit the caller's work too (or publish uncommitted items)."""
+    published = []
     with sessions() as s:
-        attempt = service.begin_stage(s, item_id, "detect", "worker-a", settings=settings)
+        s.execute(sa.select(1))  # a transaction is open now
+        with pytest.raises(RuntimeError, match="already open"):
+            create_job(s, storage, owner, files(1), {}, None, settings=settings)
+        with pytest.raises(RuntimeError, match="commit the items first"):
+            publish_then_mark(s, lambda ids, stage: published.append(ids), ["x"])
+        with pytest.raises(RuntimeError, match="already open"):
+            with unit_of_work(s):
+                pass
+    assert published == [] and storage.list("") == []
+
+
+# --- publishing -----------------------------------------------------------------------------
+
+
+def test_publish_then_mark(sessions, storage, owner, settings):
+    _, (a, b) = make_job(sessions, storage, owner, settings, n=2)
+    calls = []
+
+    def broker_down(ids, stage):
+        calls.append((list(ids), stage))
+        raise ConnectionError("broker down")
+
+    with sessions() as s:
+        with pytest.raises(ConnectionError):
+            publish_then_mark(s, broker_down, [a, b])
+        assert calls == [([a, b], "detect")]
+        with unit_of_work(s):
+            assert [s.get(Item, i).enqueued_at for i in (a, b)] == [None, None]  # not marked
+        assert publish_then_mark(s, lambda ids, stage: calls.append((ids, stage)), [b], "parse") == 1
+        assert calls[-1] == ([b], "parse")
+    with sessions() as s:
+        assert s.get(Item, a).enqueued_at is None and s.get(Item, b).enqueued_at is not None
+
+
+# --- running stages -------------------------------------------------------------------------
+
+
+def test_lifecycle_to_success(sessions, scope, storage, owner, settings):
+    job_id, (item_id,) = make_job(sessions, storage, owner, settings, n=1)
+    with scope() as s:
+        attempt = begin_stage(s, item_id, "detect", "worker-a", settings=settings)
         job = s.get(Job, job_id)
         assert job.status == "running" and job.started_at is not None
         faces = [{"box": [1, 2, 30, 40], "landmarks": [[5, 6]] * 5, "score": 0.99}]
-        service.record_faces(s, item_id, faces, width=640, height=480)
-        service.record_faces(s, item_id, faces * 2, width=640, height=480)  # detect ran again
-        service.end_stage(s, attempt.id, "succeeded", timings={"detect": 0.25})
-    with sessions() as s:
+        record_faces(s, item_id, faces, width=640, height=480)
+        record_faces(s, item_id, faces * 2, width=640, height=480)  # detect ran again
+        assert finish_stage(s, attempt.id, timings={"detect": 0.25})
+    with scope() as s:
         for stage in STAGES[1:]:
-            a = service.begin_stage(s, item_id, stage, "worker-a", settings=settings)
-            service.end_stage(s, a, "succeeded", timings={stage: 1.5})
-        item = service.complete_item(s, item_id, f"jobs/{job_id}/items/{item_id}/result.png",
-                                     face_count=2)
-        assert item.status == "succeeded"
+            a = begin_stage(s, item_id, stage, "worker-a", settings=settings)
+            last = stage == STAGES[-1]
+            assert finish_stage(s, a, timings={stage: 1.5},
+                                output_key=f"jobs/{job_id}/items/{item_id}/result.png" if last else None,
+                                face_count=2 if last else None)
+        finalize_id = a.id
+        assert s.get(Item, item_id).status == "succeeded"
     with sessions() as s:
         item = s.get(Item, item_id)
         assert (item.width, item.height, item.face_count) == (640, 480, 2)
@@ -398,34 +515,34 @@ def test_lifecycle_to_success(sessions, storage, owner, settings):
         assert job.finished_at is not None and job.error is None
         finished_at, updated_at = job.finished_at, job.updated_at
 
-    # Everything again: no effect.
-    with sessions() as s:
-        service.complete_item(s, item_id, "jobs/other.png", face_count=9)
-        service.refresh_job(s, job_id)
-        assert service.begin_stage(s, item_id, "finalize", "w", settings=settings) is None
+    # Everything again (a redelivered finalize, a late refresh, a stale task): no effect.
+    assert not complete(sessions, finalize_id, "jobs/other.png", face_count=9)
+    with scope() as s:
+        refresh_job(s, job_id)
+        assert begin_stage(s, item_id, "finalize", "w", settings=settings) is None
     with sessions() as s:
         item, job = s.get(Item, item_id), s.get(Job, job_id)
         assert item.output_key.endswith("result.png") and item.face_count == 2
         assert (job.finished_at, job.updated_at) == (finished_at, updated_at)
 
 
-def test_attempt_cap_fails_the_item_with_a_reason(sessions, storage, owner, settings):
+def test_attempt_cap_fails_the_item_with_a_reason(sessions, scope, storage, owner, settings):
     job_id, (dies, errs) = make_job(sessions, storage, owner, settings, n=2)
-    with sessions() as s:
+    with scope() as s:
         for item_id in (dies, errs):
             for stage in ("detect", "parse"):
-                a = service.begin_stage(s, item_id, stage, "w", settings=settings)
-                service.end_stage(s, a, "succeeded")
+                a = begin_stage(s, item_id, stage, "w", settings=settings)
+                assert finish_stage(s, a)
         # The worker dies at stylize three times (never ends its attempts).
         for n in (1, 2, 3):
-            a = service.begin_stage(s, dies, "stylize", f"w{n}", settings=settings)
+            a = begin_stage(s, dies, "stylize", f"w{n}", settings=settings)
             assert a.attempt == n and s.get(Item, dies).attempts == n
-        assert service.begin_stage(s, dies, "stylize", "w4", settings=settings) is None
+        assert begin_stage(s, dies, "stylize", "w4", settings=settings) is None
         # The other item's stage raises each time.
         for n in (1, 2, 3):
-            a = service.begin_stage(s, errs, "stylize", "w", settings=settings)
-            service.end_stage(s, a, "retry", error=f"CUDA out of memory ({n})")
-        assert service.begin_stage(s, errs, "stylize", "w", settings=settings) is None
+            a = begin_stage(s, errs, "stylize", "w", settings=settings)
+            end_stage(s, a, "retry", error=f"CUDA out of memory ({n})")
+        assert begin_stage(s, errs, "stylize", "w", settings=settings) is None
     with sessions() as s:
         item = s.get(Item, dies)
         assert item.status == "failed"
@@ -443,60 +560,63 @@ def test_attempt_cap_fails_the_item_with_a_reason(sessions, storage, owner, sett
         assert n == 3
 
 
-def test_attempts_count_per_stage(sessions, storage, owner, settings):
+def test_attempts_count_per_stage(sessions, scope, storage, owner, settings):
     _, (item_id,) = make_job(sessions, storage, owner, settings, n=1)
-    with sessions() as s:
-        assert service.begin_stage(s, item_id, "detect", "w", settings=settings).attempt == 1
-        assert service.begin_stage(s, item_id, "detect", "w", settings=settings).attempt == 2
-        assert service.begin_stage(s, item_id, "parse", "w", settings=settings).attempt == 1
+    with scope() as s:
+        assert begin_stage(s, item_id, "detect", "w", settings=settings).attempt == 1
+        assert begin_stage(s, item_id, "detect", "w", settings=settings).attempt == 2
+        assert begin_stage(s, item_id, "parse", "w", settings=settings).attempt == 1
         assert s.get(Item, item_id).attempts == 1
 
 
-def test_stale_and_out_of_order_tasks_are_ignored(sessions, storage, owner, settings):
+def test_stale_and_out_of_order_tasks_are_ignored(sessions, scope, storage, owner, settings):
     _, (item_id,) = make_job(sessions, storage, owner, settings, n=1)
-    with sessions() as s:
-        assert service.begin_stage(s, item_id, "parse", "w", settings=settings) is None
-        service.begin_stage(s, item_id, "detect", "w", settings=settings)
-        service.begin_stage(s, item_id, "parse", "w", settings=settings)
+    with scope() as s:
+        assert begin_stage(s, item_id, "parse", "w", settings=settings) is None
+        begin_stage(s, item_id, "detect", "w", settings=settings)
+        begin_stage(s, item_id, "parse", "w", settings=settings)
         # A duplicate detect delivered late does not move the item back.
-        assert service.begin_stage(s, item_id, "detect", "w", settings=settings) is None
+        assert begin_stage(s, item_id, "detect", "w", settings=settings) is None
         item = s.get(Item, item_id)
         assert (item.status, item.stage, item.attempts) == ("parsing", "parse", 1)
-        assert service.begin_stage(s, "0" * 32, "detect", "w", settings=settings) is None
+        assert begin_stage(s, "0" * 32, "detect", "w", settings=settings) is None
         with pytest.raises(ValueError, match="unknown stage"):
-            service.begin_stage(s, item_id, "paint", "w", settings=settings)
+            begin_stage(s, item_id, "paint", "w", settings=settings)
 
 
-def test_complete_item_only_from_finalizing(sessions, storage, owner, settings):
+def test_an_item_succeeds_only_from_finalizing(sessions, scope, storage, owner, settings):
     _, (item_id,) = make_job(sessions, storage, owner, settings, n=1)
-    with sessions() as s:
-        service.begin_stage(s, item_id, "detect", "w", settings=settings)
-        with pytest.raises(InvalidTransition, match="'detecting' to 'succeeded'"):
-            service.complete_item(s, item_id, "x.png", face_count=0)
+    with scope() as s:
+        detect_id = begin_stage(s, item_id, "detect", "w", settings=settings).id
+    with pytest.raises(InvalidTransition, match="'detecting' to 'succeeded'"):
+        complete(sessions, detect_id, "x.png")
+    with sessions() as s:  # the failed unit of work left nothing behind
+        assert s.get(Item, item_id).status == "detecting"
+        assert s.get(StageAttempt, detect_id).finished_at is None
 
 
-def test_end_stage_first_report_wins(sessions, storage, owner, settings):
+def test_end_stage_first_report_wins(sessions, scope, storage, owner, settings):
     _, (item_id,) = make_job(sessions, storage, owner, settings, n=1)
-    with sessions() as s:
-        a = service.begin_stage(s, item_id, "detect", "w", settings=settings)
-        service.end_stage(s, a.id, "failed", error="boom", timings={"detect": 1.0})
-        service.end_stage(s, a.id, "succeeded", timings={"detect": 9.0})
+    with scope() as s:
+        a = begin_stage(s, item_id, "detect", "w", settings=settings)
+        end_stage(s, a.id, "failed", error="boom", timings={"detect": 1.0})
+        end_stage(s, a.id, "succeeded", timings={"detect": 9.0})
         row = s.get(StageAttempt, a.id)
         assert (row.outcome, row.error) == ("failed", "boom")
         assert s.get(Item, item_id).timings == {"detect": 1.0}
         with pytest.raises(ValueError, match="unknown outcome"):
-            service.end_stage(s, a.id, "exploded")
+            end_stage(s, a.id, "exploded")
 
 
-def test_fail_item_and_partial_success(sessions, storage, owner, settings):
+def test_fail_item_and_partial_success(sessions, scope, storage, owner, settings):
     job_id, (ok, bad) = make_job(sessions, storage, owner, settings, n=2)
-    run_to_finalizing(sessions, ok, settings)
-    with sessions() as s:
-        service.begin_stage(s, bad, "detect", "w", settings=settings)
-        service.fail_item(s, bad, "detect: not a decodable image")
-        service.fail_item(s, bad, "a second reason is ignored")
+    ok_finalize = run_to_finalizing(sessions, ok, settings)
+    with scope() as s:
+        begin_stage(s, bad, "detect", "w", settings=settings)
+        fail_item(s, bad, "detect: not a decodable image")
+        fail_item(s, bad, "a second reason is ignored")
         assert s.get(Job, job_id).status == "running"
-        service.complete_item(s, ok, "out.png", face_count=1)
+    assert complete(sessions, ok_finalize, face_count=1)
     with sessions() as s:
         assert s.get(Item, bad).error == "detect: not a decodable image"
         job = s.get(Job, job_id)
@@ -504,50 +624,51 @@ def test_fail_item_and_partial_success(sessions, storage, owner, settings):
         assert job.error == "1 of 2 images failed; see the job's items for the reasons"
 
 
-def test_cancel_job(sessions, storage, owner, settings):
+def test_cancel_job(sessions, scope, storage, owner, settings):
     job_id, (done, running, queued) = make_job(sessions, storage, owner, settings, n=3)
-    run_to_finalizing(sessions, done, settings)
-    with sessions() as s:
-        service.complete_item(s, done, "out.png", face_count=1)
-        service.begin_stage(s, running, "detect", "w", settings=settings)
-        assert service.cancel_job(s, job_id, owner + "-intruder") is None
+    assert complete(sessions, run_to_finalizing(sessions, done, settings), face_count=1)
+    with scope() as s:
+        running_detect = begin_stage(s, running, "detect", "w", settings=settings).id
+    with pytest.raises(JobNotFound):
+        with scope() as s:
+            cancel_job(s, job_id, owner + "-intruder")
+    with scope() as s:
         assert s.get(Job, job_id).status == "running"
-        job = service.cancel_job(s, job_id, owner)
+        job = cancel_job(s, job_id, owner)
         assert (job.status, job.succeeded, job.canceled, job.total) == ("canceled", 1, 2, 3)
         assert job.finished_at is not None
         first_finish = job.finished_at
-        service.cancel_job(s, job_id, owner)  # again: nothing changes
-    with sessions() as s:
+        cancel_job(s, job_id, owner)  # again: nothing changes
+    with scope() as s:
         assert [s.get(Item, i).status for i in (done, running, queued)] == [
             "succeeded", "canceled", "canceled"]
         # The worker still running detect finds the item canceled and stops.
-        assert service.begin_stage(s, running, "parse", "w", settings=settings) is None
-        assert service.complete_item(s, running, "late.png").status == "canceled"
-        assert service.fail_item(s, queued, "late failure").status == "canceled"
+        assert not finish_stage(s, running_detect)
+        assert begin_stage(s, running, "parse", "w", settings=settings) is None
+        assert fail_item(s, queued, "late failure").status == "canceled"
         job = s.get(Job, job_id)
         assert (job.status, job.canceled, job.finished_at) == ("canceled", 2, first_finish)
 
 
-def test_cancel_before_anything_started(sessions, storage, owner, settings):
+def test_cancel_before_anything_started(sessions, scope, storage, owner, settings):
     job_id, _ = make_job(sessions, storage, owner, settings, n=2)
-    with sessions() as s:
-        job = service.cancel_job(s, job_id, owner)
+    with scope() as s:
+        job = cancel_job(s, job_id, owner)
         assert (job.status, job.canceled, job.started_at) == ("canceled", 2, None)
 
 
 def test_concurrent_item_updates_keep_counts_exact(sessions, storage, owner, settings):
     job_id, item_ids = make_job(sessions, storage, owner, settings, n=8)
-    for item_id in item_ids:
-        run_to_finalizing(sessions, item_id, settings)
+    finalize = {item_id: run_to_finalizing(sessions, item_id, settings) for item_id in item_ids}
     errors = []
 
     def finish(i, item_id):
         try:
-            with sessions() as s:
-                if i % 2:
-                    service.fail_item(s, item_id, "boom")
-                else:
-                    service.complete_item(s, item_id, "out.png", face_count=0)
+            if i % 2:
+                with session_scope(sessions) as s:
+                    fail_item(s, item_id, "boom")
+            else:
+                assert complete(sessions, finalize[item_id])
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
@@ -562,32 +683,47 @@ def test_concurrent_item_updates_keep_counts_exact(sessions, storage, owner, set
         assert (job.succeeded, job.failed, job.status) == (4, 4, "partially_succeeded")
 
 
-# --- service: reading -----------------------------------------------------------------------
+# --- reading --------------------------------------------------------------------------------
 
 
-def test_owner_isolation(sessions, storage, owner, settings):
+def test_owner_isolation(sessions, scope, storage, owner, settings):
     job_id, (item_id,) = make_job(sessions, storage, owner, settings, n=1)
-    with sessions() as s:
-        assert service.get_job(s, job_id, owner).id == job_id
-        assert service.get_job(s, job_id, owner + "-other") is None
-        assert service.list_items(s, job_id, owner + "-other") is None
-        assert [i.id for i in service.list_items(s, job_id, owner)] == [item_id]
-        assert service.get_item(s, job_id, item_id, owner).id == item_id
-        assert service.get_item(s, job_id, item_id, owner + "-other") is None
-        assert service.list_jobs(s, owner + "-other") == ([], None)
+    other = owner + "-other"
+    with scope() as s:
+        assert get_job(s, job_id, owner).id == job_id
+        assert [i.id for i in list_items(s, job_id, owner)] == [item_id]
+        assert get_item(s, job_id, item_id, owner).id == item_id
+        for lookup in (lambda: get_job(s, job_id, other), lambda: list_items(s, job_id, other),
+                       lambda: get_item(s, job_id, item_id, other),
+                       lambda: get_result_key(s, job_id, item_id, other)):
+            with pytest.raises(JobNotFound, match=f"no job {job_id}"):
+                lookup()
+        with pytest.raises(ItemNotFound, match=f"no item {'0' * 32} in job {job_id}"):
+            get_item(s, job_id, "0" * 32, owner)
+        assert list_jobs(s, other) == ([], None)
 
 
-def test_cursor_pagination(sessions, storage, owner, settings):
+def test_result_key_only_for_a_succeeded_item(sessions, scope, storage, owner, settings):
+    job_id, (item_id,) = make_job(sessions, storage, owner, settings, n=1)
+    attempt_id = run_to_finalizing(sessions, item_id, settings)
+    with scope() as s:
+        with pytest.raises(NoResultYet, match="status finalizing"):
+            get_result_key(s, job_id, item_id, owner)
+    assert complete(sessions, attempt_id, f"jobs/{job_id}/items/{item_id}/result.png")
+    with scope() as s:
+        assert get_result_key(s, job_id, item_id, owner).endswith("/result.png")
+
+
+def test_cursor_pagination(sessions, scope, storage, owner, settings):
     ids = [make_job(sessions, storage, owner, settings, n=1)[0] for _ in range(7)]
-    with sessions() as s:
+    with scope() as s:
         # Three jobs share one timestamp: the id breaks the tie without skipping any.
         same = s.get(Job, ids[0]).created_at
         s.execute(sa.update(Job).where(Job.id.in_(ids[:3])).values(created_at=same))
-        s.commit()
     seen, cursor, pages = [], None, 0
-    with sessions() as s:
+    with scope() as s:
         while True:
-            jobs, cursor = service.list_jobs(s, owner, cursor, limit=3)
+            jobs, cursor = list_jobs(s, owner, cursor, limit=3)
             seen += jobs
             pages += 1
             if cursor is None:
@@ -597,64 +733,63 @@ def test_cursor_pagination(sessions, storage, owner, settings):
     assert sorted(j.id for j in seen) == sorted(ids)
     keys = [(j.created_at, j.id) for j in seen]
     assert keys == sorted(keys, reverse=True)  # newest first
-    with sessions() as s:
-        with pytest.raises(service.InvalidCursor, match="invalid cursor"):
-            service.list_jobs(s, owner, "not-a-cursor", 3)
+    with scope() as s:
+        with pytest.raises(InvalidCursor, match="invalid cursor"):
+            list_jobs(s, owner, "not-a-cursor", 3)
         with pytest.raises(ValueError):
-            service.list_jobs(s, owner, "W10", 3)
+            list_jobs(s, owner, "W10", 3)
 
 
-def test_stuck_items_for_the_sweeper(sessions, storage, owner, settings):
+def test_stuck_items_for_the_sweeper(sessions, scope, storage, owner, settings):
     job_id, (unpublished, published, stalled, fresh, done) = make_job(
         sessions, storage, owner, settings, n=5)
-    with sessions() as s:
-        service.mark_enqueued(s, [published, stalled, fresh, done])
-        service.begin_stage(s, stalled, "detect", "w", settings=settings)
-        service.begin_stage(s, stalled, "parse", "w", settings=settings)
-        service.begin_stage(s, stalled, "stylize", "w", settings=settings)
-        service.fail_item(s, done, "x")
+    with scope() as s:
+        mark_enqueued(s, [published, stalled, fresh, done])
+        begin_stage(s, stalled, "detect", "w", settings=settings)
+        begin_stage(s, stalled, "parse", "w", settings=settings)
+        begin_stage(s, stalled, "stylize", "w", settings=settings)
+        fail_item(s, done, "x")
         long_ago = db.utcnow() - timedelta(hours=1)
         a_minute_ago = db.utcnow() - timedelta(seconds=60)
         s.execute(sa.update(Item).where(Item.id.in_([stalled, done])).values(updated_at=long_ago))
         s.execute(sa.update(Item).where(Item.id.in_([unpublished, published]))
                   .values(updated_at=a_minute_ago, created_at=a_minute_ago))
-        s.commit()
-    with sessions() as s:
-        stuck = service.stuck_items(s, older_than_s=600, unpublished_after_s=30)
+    with scope() as s:
+        stuck = stuck_items(s, older_than_s=600, unpublished_after_s=30)
     mine = {i for i in stuck if i.item_id in {unpublished, published, stalled, fresh, done}}
     assert mine == {(unpublished, "detect"), (stalled, "stylize")}
-    with sessions() as s:
-        assert service.mark_enqueued(s, [unpublished, stalled, done]) == 2
-        stuck = service.stuck_items(s, older_than_s=600, unpublished_after_s=30)
+    with scope() as s:
+        assert mark_enqueued(s, [unpublished, stalled, done]) == 2
+        stuck = stuck_items(s, older_than_s=600, unpublished_after_s=30)
     assert not {i.item_id for i in stuck} & {unpublished, stalled}
-    with sessions() as s:  # published but lost (broker restarted): found after the timeout
-        stuck = service.stuck_items(s, older_than_s=30, unpublished_after_s=30)
+    with scope() as s:  # published but lost (broker restarted): found after the timeout
+        stuck = stuck_items(s, older_than_s=30, unpublished_after_s=30)
     assert (published, "detect") in stuck
 
 
 # --- API keys -------------------------------------------------------------------------------
 
 
-def test_api_keys_are_stored_hashed(sessions, owner, db_url):
-    with sessions() as s:
-        key = service.create_api_key(s, owner)
-        other = service.create_api_key(s, owner)
+def test_api_keys_are_stored_hashed(scope, owner, db_url):
+    with scope() as s:
+        key = create_api_key(s, owner)
+        other = create_api_key(s, owner)
     assert key.startswith("f2p_") and len(key) > 40 and key != other
-    with sessions() as s:
-        assert service.owner_for_key(s, key) == owner
-        assert service.owner_for_key(s, key + "x") is None
-        assert service.owner_for_key(s, "") is None
-        assert service.owner_for_key(s, None) is None
+    with scope() as s:
+        assert owner_for_key(s, key) == owner
+        assert owner_for_key(s, key + "x") is None
+        assert owner_for_key(s, "") is None
+        assert owner_for_key(s, None) is None
         # The plaintext appears nowhere in the database, in any table.
         for table in db.Base.metadata.sorted_tables:
             for row in s.execute(sa.select(table)):
                 assert key not in repr(tuple(row)) and key not in str(tuple(row))
         stored = s.scalar(sa.select(db.ApiKey.key_hash).where(db.ApiKey.owner == owner).limit(1))
         assert len(stored) == 64
-        assert service.revoke_api_key(s, key)
-        assert not service.revoke_api_key(s, key)
-        assert service.owner_for_key(s, key) is None
-        assert service.owner_for_key(s, other) == owner
+        assert revoke_api_key(s, key)
+        assert not revoke_api_key(s, key)
+        assert owner_for_key(s, key) is None
+        assert owner_for_key(s, other) == owner
     if db_url.startswith("sqlite"):
         path = db_url.removeprefix("sqlite:///")
         for suffix in ("", "-wal"):

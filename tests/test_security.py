@@ -31,7 +31,8 @@ from sqlalchemy.engine import make_url
 
 from face2paint.api.ratelimit import RateLimiter, redis_client_for
 from face2paint.cli.stack import ProcessStack, free_port
-from face2paint.jobs import service
+from face2paint.jobs.api_keys import create_api_key, revoke_api_key
+from face2paint.jobs.db import session_scope
 from tests.helpers import astronaut_path
 from tests.service_stack import fresh_database, redis_db, running, stack_sessions
 
@@ -106,8 +107,8 @@ def db(stack):
 @pytest.fixture(scope="module")
 def new_key(db):
     def make(owner: str) -> str:
-        with db() as s:
-            key = service.create_api_key(s, owner)
+        with session_scope(db) as s:
+            key = create_api_key(s, owner)
         PLAINTEXT_KEYS.append(key)
         return key
 
@@ -200,8 +201,8 @@ def test_api_keys_are_stored_only_as_hashes(stack, db, new_key, finished_job):
             _assert_no_keys(proc.stdout, "pg_dump")
 
     # A revoked key stops working at once; an unknown key says nothing about why.
-    with db() as s:
-        assert service.revoke_api_key(s, bob)
+    with session_scope(db) as s:
+        assert revoke_api_key(s, bob)
     with _client(stack, bob) as http:
         r = http.get("/v1/jobs")
         assert r.status_code == 401 and r.json()["detail"] == "unknown or revoked API key"

@@ -12,8 +12,8 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from face2paint.cli.client import Client
-from face2paint.jobs import service
-from face2paint.jobs.db import FaceRow, Item, Job, StageAttempt
+from face2paint.jobs.api_keys import create_api_key
+from face2paint.jobs.db import FaceRow, Item, Job, StageAttempt, session_scope
 from tests.helpers import astronaut_path, faces_dir
 from tests.service_stack import service_stack, stack_sessions
 
@@ -150,9 +150,8 @@ def test_one_key_cannot_see_another_owners_job(stack, client, db):
     job = client.submit([astronaut_path()], {"style": "classical-cartoon"})
     job = client.wait(job["id"], timeout_s=300)
     item = client.items(job["id"])[0]
-    with db() as s:
-        other_key = service.create_api_key(s, "mallory")
-        s.commit()
+    with session_scope(db) as s:
+        other_key = create_api_key(s, "mallory")
     mallory = httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {other_key}"})
     for method, path in [
         ("GET", f"/v1/jobs/{job['id']}"),

@@ -12,8 +12,9 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from face2paint.api.app import create_app
-from face2paint.jobs import service
-from face2paint.jobs.db import make_engine, session_factory, utcnow
+from face2paint.jobs.create import create_job
+from face2paint.jobs.db import make_engine, session_factory, unit_of_work, utcnow
+from face2paint.jobs.stages import begin_stage, end_stage, fail_item, finish_stage
 from face2paint.jobs.migrate import upgrade
 from face2paint.jobs.stats import stage_loads
 from face2paint.jobs.storage import LocalStorage
@@ -38,21 +39,20 @@ def database_url(request, tmp_path):
 def _scenario(sessions, storage):
     """Six items, each left in a different place of the chain."""
     with sessions() as s:
-        job, _ = service.create_job(s, storage, "owner", [(f"{n}.png", "image/png", _png())
-                                                         for n in "abcdef"])
+        job, _ = create_job(s, storage, "owner", [(f"{n}.png", "image/png", _png()) for n in "abcdef"])
         ids = [it.id for it in job.items]
     a, b, c, d, e, f = ids
-    with sessions() as s:
-        service.begin_stage(s, b, "detect", "w1")                     # b: running detect
-        at = service.begin_stage(s, c, "detect", "w1")                # c: detect done, waits for parse
-        service.finish_stage(s, at.id, {"detect": 0.1})
-        at = service.begin_stage(s, d, "detect", "w1")                # d: detect failed once,
-        service.end_stage(s, at.id, "retry", error="boom")            #    its retry waits
-        for stage in ("detect", "parse"):                             # e: running stylize
-            at = service.begin_stage(s, e, stage, "w1")
-            service.finish_stage(s, at.id, {stage: 0.1})
-        service.begin_stage(s, e, "stylize", "w2")
-        service.fail_item(s, f, "bad")                                # f: terminal, not counted
+    with sessions() as s, unit_of_work(s):
+        begin_stage(s, b, "detect", "w1")                     # b: running detect
+        at = begin_stage(s, c, "detect", "w1")                # c: detect done, waits for parse
+        finish_stage(s, at.id, {"detect": 0.1})
+        at = begin_stage(s, d, "detect", "w1")                # d: detect failed once,
+        end_stage(s, at.id, "retry", error="boom")            #    its retry waits
+        for stage in ("detect", "parse"):                     # e: running stylize
+            at = begin_stage(s, e, stage, "w1")
+            finish_stage(s, at.id, {stage: 0.1})
+        begin_stage(s, e, "stylize", "w2")
+        fail_item(s, f, "bad")                                # f: terminal, not counted
     return ids
 
 

@@ -183,6 +183,8 @@ def test_s3_wrong_credentials_are_unavailable_not_missing(s3):
 
 
 def test_storage_from_settings(tmp_path):
+    assert Settings(home=tmp_path).resolved_storage_url == str(tmp_path / "storage")
+    assert Settings(home=tmp_path, storage_url="  s3://b/p ").resolved_storage_url == "s3://b/p"
     st = storage_from_settings(Settings(home=tmp_path))
     assert isinstance(st, LocalStorage) and st.root == (tmp_path / "storage").resolve()
     st = storage_from_settings(Settings(home=tmp_path, storage_url=str(tmp_path / "elsewhere")))

@@ -1,102 +1,26 @@
 """The FastAPI application: a thin adapter over jobs/ that enqueues stage tasks by name.
 
-It imports no torch, onnxruntime or OpenCV: uploads are checked by their header with Pillow
-only; decoding and everything heavier happen on the workers.
+Built once per process by create_app(): the lifespan opens what requests share (database
+engine and session factory, storage, rate limiter, Celery app and Enqueuer, the sweeper) on
+app.state, where deps.py hands them to the routes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
 
-from ..jobs.db import default_database_url, make_engine, session_factory
+from ..jobs.db import make_engine, session_factory
 from ..jobs.storage import storage_from_settings
 from ..settings import Settings, get_settings
-from . import metrics, routes
+from . import errors, metrics
+from .body_limit import BodyLimit, max_request_bytes
+from .publishing import Enqueuer
 from .ratelimit import RateLimiter
+from .routes import ROUTERS
 from .sweeper import sweep_forever
-
-log = logging.getLogger("face2paint.api")
-
-# Multipart framing per part (boundary, headers) and the form fields besides the files.
-_PART_OVERHEAD = 16 * 1024
-_FORM_OVERHEAD = 1024 * 1024
-
-
-def max_request_bytes(settings: Settings) -> int:
-    """The largest request body that can hold an acceptable upload: every file at its limit."""
-    return settings.max_files_per_job * (settings.max_upload_bytes + _PART_OVERHEAD) + _FORM_OVERHEAD
-
-
-class BodyTooLarge(StarletteHTTPException):
-    """Raised from receive(): FastAPI passes HTTPExceptions from the body parser through, so
-    the request is answered 413 by the usual HTTP exception handling."""
-
-    def __init__(self, message: str):
-        super().__init__(413, message, headers={"Connection": "close"})
-
-
-class BodyLimit:
-    """Pure ASGI middleware: 413 for a request body above `max_bytes`, told by Content-Length
-    before anything is read, or counted while a chunked body streams in. Without it the
-    multipart parser would spool any amount of data to disk before the per-file checks run."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _message(self) -> str:
-        return (f"request body larger than {self.max_bytes} bytes "
-                "(FACE2PAINT_MAX_UPLOAD_BYTES per file x FACE2PAINT_MAX_FILES_PER_JOB)")
-
-    async def _reject(self, send) -> None:
-        body = json.dumps({"detail": self._message()}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
-                    return await self._reject(send)
-        seen = 0
-        started = False
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(self._message())
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await self._reject(send)
 
 
 def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> FastAPI:
@@ -104,19 +28,24 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.settings = settings
-        app.state.engine = make_engine(settings.database_url or default_database_url(settings))
-        app.state.sessions = session_factory(app.state.engine)
-        app.state.storage = storage_from_settings(settings)
-        app.state.limiter = RateLimiter.from_settings(settings)
+        from ..worker.app import make_celery
+
+        state = app.state
+        state.settings = settings
+        state.engine = make_engine(settings.resolved_database_url)
+        state.sessions = session_factory(state.engine)
+        state.storage = storage_from_settings(settings)
+        state.limiter = RateLimiter.from_settings(settings)
+        state.celery = make_celery(settings)
+        state.enqueuer = Enqueuer.for_celery(state.celery)
         task = asyncio.create_task(sweep_forever(app)) if sweeper else None
         try:
             yield
         finally:
             if task:
                 task.cancel()
-            app.state.limiter.close()
-            app.state.engine.dispose()
+            state.limiter.close()
+            state.engine.dispose()
 
     app = FastAPI(
         title="face2paint",
@@ -124,17 +53,12 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
         description="Batch anime-style portraits that keep faces intact.",
         lifespan=lifespan,
     )
-    app.include_router(routes.router)
-    app.include_router(routes.health)
+    for router in ROUTERS:
+        app.include_router(router)
     # Refuse oversized bodies before anything reads them. Added before the metrics middleware,
     # so it runs inside it: a BaseHTTPMiddleware wraps receive() in a task group, and an
     # error raised through that would reach FastAPI as an ExceptionGroup (a 400, not a 413).
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes(settings))
     metrics.install(app)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):  # never leak internals
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(status_code=500, content={"detail": "internal error; see the server log"})
-
+    errors.install(app)
     return app

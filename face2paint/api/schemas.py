@@ -7,6 +7,8 @@ from typing import Optional
 
 from pydantic import BaseModel
 
+from ..jobs.states import ItemState, JobState, Stage
+
 
 class Progress(BaseModel):
     done: int
@@ -15,7 +17,7 @@ class Progress(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    status: str
+    status: JobState
     options: dict
     progress: Progress
     succeeded: int
@@ -32,8 +34,8 @@ class ItemOut(BaseModel):
     id: str
     index: int
     filename: Optional[str]
-    status: str
-    stage: Optional[str]
+    status: ItemState
+    stage: Optional[Stage]
     attempts: int
     face_count: Optional[int]
     width: Optional[int]
@@ -62,10 +64,11 @@ def job_out(job) -> JobOut:
 
 
 def item_out(item) -> ItemOut:
+    succeeded = item.status == ItemState.SUCCEEDED
     return ItemOut(
         id=item.id, index=item.index, filename=item.filename, status=item.status,
         stage=item.stage, attempts=item.attempts, face_count=item.face_count,
         width=item.width, height=item.height, error=item.error, timings=item.timings,
-        result_url=(f"/v1/jobs/{item.job_id}/items/{item.id}/result" if item.status == "succeeded" else None),
+        result_url=f"/v1/jobs/{item.job_id}/items/{item.id}/result" if succeeded else None,
         created_at=item.created_at, finished_at=item.finished_at,
     )

@@ -14,43 +14,44 @@ A published item counts as stalled after FACE2PAINT_STAGE_TIMEOUT_S without prog
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
-from ..jobs import service
+from ..jobs.db import unit_of_work
+from ..jobs.enqueue import mark_enqueued, publish_then_mark
+from ..jobs.sweep import stuck_items
 
 log = logging.getLogger("face2paint.sweeper")
 
 
-
-
 def sweep_once(sessions, settings, app=None) -> int:
-    """One sweep; returns how many items were sent again. `app`: the Celery app (tests)."""
+    """One sweep, on one session; returns how many items were sent again. `app`: the Celery
+    app (default: the one from the environment). Never passes the `submit` fault point."""
     from ..worker.app import enqueue_items, items_in_broker
 
+    publish = functools.partial(enqueue_items, app=app)
     with sessions() as s:
-        stuck = service.stuck_items(
-            s, older_than_s=settings.stage_timeout_s,
-            unpublished_after_s=settings.sweep_unpublished_after_s,
-        )
-    if not stuck:
-        return 0
-    present = items_in_broker(app)
-    if present is not None:
-        waiting = [i.item_id for i in stuck if i.item_id in present]
-        stuck = [i for i in stuck if i.item_id not in present]
-        if waiting:
-            # Their tasks are in the broker: restart their clocks instead of sending them again
-            # (and look at the broker again only after another stage timeout).
-            with sessions() as s:
-                service.mark_enqueued(s, waiting)
-    by_stage: dict[str, list[str]] = {}
-    for item_id, stage in stuck:
-        by_stage.setdefault(stage, []).append(item_id)
-    for stage, ids in by_stage.items():
-        enqueue_items(ids, from_stage=stage, app=app)
-        with sessions() as s:
-            service.mark_enqueued(s, ids)
-            s.commit()
+        with unit_of_work(s):
+            stuck = stuck_items(
+                s, older_than_s=settings.stage_timeout_s,
+                unpublished_after_s=settings.sweep_unpublished_after_s,
+            )
+        if not stuck:
+            return 0
+        present = items_in_broker(app)
+        if present is not None:
+            waiting = [i.item_id for i in stuck if i.item_id in present]
+            stuck = [i for i in stuck if i.item_id not in present]
+            if waiting:
+                # Their tasks are in the broker: restart their clocks instead of sending them
+                # again (and look at the broker again only after another stage timeout).
+                with unit_of_work(s):
+                    mark_enqueued(s, waiting)
+        by_stage: dict[str, list[str]] = {}
+        for item_id, stage in stuck:
+            by_stage.setdefault(stage, []).append(item_id)
+        for stage, ids in by_stage.items():
+            publish_then_mark(s, publish, ids, stage)
     if stuck:
         shown = ", ".join(f"{i.item_id}@{i.stage}" for i in stuck[:20])
         more = f" and {len(stuck) - 20} more" if len(stuck) > 20 else ""
@@ -59,9 +60,10 @@ def sweep_once(sessions, settings, app=None) -> int:
 
 
 async def sweep_forever(app) -> None:
+    state = app.state
     while True:
-        await asyncio.sleep(app.state.settings.sweep_interval_s)
+        await asyncio.sleep(state.settings.sweep_interval_s)
         try:
-            await asyncio.to_thread(sweep_once, app.state.sessions, app.state.settings)
+            await asyncio.to_thread(sweep_once, state.sessions, state.settings, state.celery)
         except Exception:  # keep sweeping through outages
             log.exception("sweep failed")

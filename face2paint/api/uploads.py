@@ -1,23 +1,20 @@
-"""Checking uploads and options before anything is stored.
+"""Checking uploads before anything is stored (options: options.py).
 
-Request-level problems (no files, too many, too large, malformed options) are answered with a
-4xx. A file that is not a supported image becomes an item marked failed with the reason, so
-its siblings still run; only when every file is unsupported does the request get a 415.
+Request-level problems (no files, too many, too large) are answered with a 4xx. A file that
+is not a supported image becomes an item marked failed with the reason, so its siblings still
+run; only when every file is unsupported does the request get a 415.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import re
 import warnings
 
 from fastapi import HTTPException, UploadFile
 from PIL import Image, UnidentifiedImageError
 
-from ..jobs.service import NewFile, sanitize_filename
-from ..models.registry import BY_ID
-from ..models.types import Params
+from ..jobs.inputs import NewFile, sanitize_filename
 
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
 _SEND = "send JPEG, PNG, WebP, GIF, BMP or TIFF"
@@ -83,40 +80,3 @@ async def read_uploads(files: list[UploadFile], settings) -> list[NewFile]:
             status = 400
         raise HTTPException(status, f"no processable image in the request: {reasons}")
     return uploads
-
-
-_PARAM_FIELDS = set(Params.__dataclass_fields__)
-
-
-def validate_options(raw: str | None, style: str | None, face2paint: bool | None) -> dict:
-    try:
-        opts = json.loads(raw) if raw else {}
-    except json.JSONDecodeError as e:
-        raise HTTPException(422, f"options is not valid JSON: {e}") from None
-    except (RecursionError, ValueError):  # absurdly deep nesting, huge numbers
-        raise HTTPException(422, "options is not a usable JSON object (nested too deeply or out of range)") from None
-    if not isinstance(opts, dict):
-        raise HTTPException(422, "options must be a JSON object")
-    unknown = set(opts) - {"style", "face2paint", "params"}
-    if unknown:
-        raise HTTPException(422, f"unknown option(s) {sorted(unknown)}; allowed: style, face2paint, params")
-    if style is not None:
-        opts["style"] = style
-    if face2paint is not None:
-        opts["face2paint"] = face2paint
-    st = opts.get("style")
-    if st is not None and (not isinstance(st, str) or BY_ID.get(st) is None or BY_ID[st].stage != "stylize"):
-        styles = sorted(m.id for m in BY_ID.values() if m.stage == "stylize")
-        raise HTTPException(422, f"unknown style {st!r}; choose one of {styles}")
-    if not isinstance(opts.get("face2paint", True), bool):
-        raise HTTPException(422, "face2paint must be true or false")
-    params = opts.get("params") or {}
-    if not isinstance(params, dict) or set(params) - _PARAM_FIELDS:
-        raise HTTPException(422, f"params must be an object with keys from {sorted(_PARAM_FIELDS)}")
-    for k, v in params.items():
-        default = Params.__dataclass_fields__[k].default
-        if isinstance(default, bool) != isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise HTTPException(422, f"params.{k} must be a {type(default).__name__}")
-        if not isinstance(default, bool) and not (0 <= v <= 10_000):
-            raise HTTPException(422, f"params.{k}={v} is out of range")
-    return {"style": st, "face2paint": opts.get("face2paint", True), "params": params}

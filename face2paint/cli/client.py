@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-TERMINAL_JOB_STATES = {"succeeded", "failed", "partially_succeeded", "canceled"}
+from ..jobs.states import TERMINAL_JOB_STATES
 
 
 class ApiError(RuntimeError):

@@ -32,6 +32,7 @@ def run(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..jobs.states import ItemState, JobState
     from .client import ApiError, Client
 
     files = collect_or_fail(inputs)
@@ -58,7 +59,7 @@ def run(
         console.print(f"job {job['id']}: {len(files)} images")
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as progress:
-            task = progress.add_task("queued", total=len(files))
+            task = progress.add_task(JobState.QUEUED, total=len(files))
 
             def show(j):
                 progress.update(task, completed=j["progress"]["done"], description=j["status"])
@@ -68,7 +69,7 @@ def run(
         names = output_names(files)
         items = client.items(job["id"])
         for item, path in zip(sorted(items, key=lambda i: i["index"]), files):
-            if item["status"] == "succeeded":
+            if item["status"] == ItemState.SUCCEEDED:
                 (out / names[path]).write_bytes(client.download(job["id"], item["id"]))
             else:
                 failed += 1
@@ -159,28 +160,27 @@ def worker(
 
 def migrate() -> None:
     """Create or upgrade the database schema (FACE2PAINT_DATABASE_URL)."""
-    from ..jobs.db import default_database_url
     from ..jobs.migrate import upgrade
     from ..settings import get_settings
 
-    settings = get_settings()
-    url = settings.database_url or default_database_url(settings)
-    upgrade(url)
+    upgrade(get_settings().resolved_database_url)
     console.print("database schema is up to date")
 
 
 @keys_app.command("create")
 def keys_create(owner: Annotated[str, typer.Option(help="Who the key belongs to.")]) -> None:
     """Create an API key and print it once; only its hash is stored."""
-    from ..jobs import service
-    from ..jobs.db import default_database_url, make_engine, session_factory
+    from ..jobs.api_keys import create_api_key
+    from ..jobs.db import make_engine, session_factory, session_scope
     from ..jobs.migrate import upgrade
     from ..settings import get_settings
 
-    settings = get_settings()
-    url = settings.database_url or default_database_url(settings)
+    url = get_settings().resolved_database_url
     upgrade(url)
-    with session_factory(make_engine(url))() as s:
-        key = service.create_api_key(s, owner)
-        s.commit()
+    engine = make_engine(url)
+    try:
+        with session_scope(session_factory(engine)) as s:
+            key = create_api_key(s, owner)
+    finally:
+        engine.dispose()
     typer.echo(key)

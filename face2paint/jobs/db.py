@@ -1,4 +1,5 @@
-"""Database schema for jobs, items, faces, stage attempts and API keys, plus engine setup.
+"""Database schema for jobs, items, faces, stage attempts and API keys; engines, sessions and
+the unit of work (the one place a transaction is committed; see the package docstring).
 
 One schema for PostgreSQL (production) and SQLite (embedded mode). The migrations in
 face2paint/migrations must produce exactly this schema; a test compares them.
@@ -7,9 +8,11 @@ face2paint/migrations must produce exactly this schema; a test compares them.
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sqlalchemy import (
     JSON,
@@ -28,7 +31,16 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+
+from .states import ItemState, JobState, Outcome, Stage
 
 # Named constraints, so later migrations (including SQLite batch mode) can refer to them.
 NAMING_CONVENTION = {
@@ -74,6 +86,27 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(timezone.utc)
 
 
+class EnumText(TypeDecorator):
+    """A StrEnum stored as its value in a VARCHAR and read back as the member.
+
+    A plain VARCHAR in the schema (no database enum type or CHECK constraint), so adding a
+    state later needs no migration of the column; an unknown value fails loudly both ways.
+    """
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum], length: int = 32):
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: str | None, dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect) -> StrEnum | None:
+        return None if value is None else self.enum(value)
+
+
 # SQLite only auto-increments INTEGER PRIMARY KEY columns, so big ids are plain integers there.
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -106,7 +139,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner: Mapped[str] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(32), default="queued")
+    status: Mapped[JobState] = mapped_column(EnumText(JobState), default=JobState.QUEUED)
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     # sha256 over the request (options and files), to tell a retried request from a different
@@ -146,8 +179,8 @@ class Item(Base):
     content_type: Mapped[str] = mapped_column(String(127))
     input_key: Mapped[str] = mapped_column(String(1024))
     output_key: Mapped[str | None] = mapped_column(String(1024))
-    status: Mapped[str] = mapped_column(String(32), default="queued")
-    stage: Mapped[str | None] = mapped_column(String(32))  # current (or last) stage
+    status: Mapped[ItemState] = mapped_column(EnumText(ItemState), default=ItemState.QUEUED)
+    stage: Mapped[Stage | None] = mapped_column(EnumText(Stage))  # current (or last) stage
     attempts: Mapped[int] = mapped_column(default=0)  # attempts at the current stage
     error: Mapped[str | None] = mapped_column(Text)
     face_count: Mapped[int | None]
@@ -195,23 +228,16 @@ class StageAttempt(Base):
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     item_id: Mapped[str] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
-    stage: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[Stage] = mapped_column(EnumText(Stage))
     attempt: Mapped[int]
     worker: Mapped[str | None] = mapped_column(String(255))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
-    outcome: Mapped[str | None] = mapped_column(String(16))  # succeeded|failed|retry|canceled
+    outcome: Mapped[Outcome | None] = mapped_column(EnumText(Outcome, 16))
     error: Mapped[str | None] = mapped_column(Text)
 
 
 # --- engines and sessions -------------------------------------------------------------------
-
-
-def default_database_url(settings) -> str:
-    """FACE2PAINT_DATABASE_URL, or an SQLite file under FACE2PAINT_HOME (embedded mode)."""
-    if settings.database_url:
-        return settings.database_url
-    return f"sqlite:///{Path(settings.home).expanduser() / 'face2paint.db'}"
 
 
 def normalise_url(url: str) -> str:
@@ -278,6 +304,35 @@ def _make_sqlite_engine(url: str, parsed, **kwargs: Any) -> Engine:
 
 
 def session_factory(engine: Engine) -> sessionmaker:
-    # expire_on_commit=False: service functions commit and return ORM objects that callers
-    # read afterwards (possibly after the session is closed).
+    # expire_on_commit=False: a unit of work returns ORM objects that callers read after it
+    # committed (possibly after the session is closed).
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def unit_of_work(session: Session) -> Iterator[Session]:
+    """One transaction on `session`: committed when the block ends, rolled back if it raises.
+
+    The only place face2paint commits. It refuses to start inside a transaction already open
+    on the session (a read outside any unit of work, or a nested unit), because committing
+    that would end work its owner did not mean to end.
+    """
+    if session.in_transaction():
+        raise RuntimeError(
+            "a transaction is already open on this session; run every database call inside "
+            "one `with unit_of_work(session):` at a time (see face2paint/jobs/__init__.py)"
+        )
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+@contextmanager
+def session_scope(sessions: sessionmaker) -> Iterator[Session]:
+    """A new session holding one unit of work, closed afterwards: for the worker, the command
+    line and tools, which have no request to tie a session to."""
+    with sessions() as session, unit_of_work(session):
+        yield session

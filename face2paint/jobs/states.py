@@ -1,79 +1,96 @@
-"""Job and item state machines, as data.
+"""Job and item state machines, as data, with the states as enum types.
 
 Items move forward through the stages one at a time; a stage may run again (a retry, or the
 sweeper re-enqueueing an item whose worker died), and any pending item may fail or be canceled.
 Terminal states never change. The job's status is derived from its items' counts
 (`job_status_from_counts`), never set by hand, so it cannot disagree with them.
+
+The enums are `StrEnum`s: each member is its string value, so it compares equal to it, goes
+into JSON and the database as it, and comes back from the database as the member (db.py).
 """
 
 from __future__ import annotations
 
-# Job states
-JOB_QUEUED = "queued"
-JOB_RUNNING = "running"
-JOB_SUCCEEDED = "succeeded"
-JOB_FAILED = "failed"
-JOB_PARTIALLY_SUCCEEDED = "partially_succeeded"
-JOB_CANCELED = "canceled"
+from enum import StrEnum
 
-JOB_STATES = (
-    JOB_QUEUED,
-    JOB_RUNNING,
-    JOB_SUCCEEDED,
-    JOB_FAILED,
-    JOB_PARTIALLY_SUCCEEDED,
-    JOB_CANCELED,
-)
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    PARTIALLY_SUCCEEDED = "partially_succeeded"
+    CANCELED = "canceled"
+
+
+class ItemState(StrEnum):
+    QUEUED = "queued"
+    DETECTING = "detecting"
+    PARSING = "parsing"
+    STYLIZING = "stylizing"
+    FINALIZING = "finalizing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class Stage(StrEnum):
+    """The stages in order; each is also the name of the Celery queue it runs on."""
+
+    DETECT = "detect"
+    PARSE = "parse"
+    STYLIZE = "stylize"
+    FINALIZE = "finalize"
+
+
+class Outcome(StrEnum):
+    """How one stage attempt ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRY = "retry"
+    CANCELED = "canceled"
+    # Interrupted by a database, storage or broker outage: given back (does not count against
+    # max_attempts), since the input is not at fault.
+    OUTAGE = "outage"
+    # A second delivery of the same stage ran at the same time; see stages.finish_stage().
+    DUPLICATE = "duplicate"
+
+
 TERMINAL_JOB_STATES = frozenset(
-    {JOB_SUCCEEDED, JOB_FAILED, JOB_PARTIALLY_SUCCEEDED, JOB_CANCELED}
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.PARTIALLY_SUCCEEDED, JobState.CANCELED}
 )
+TERMINAL_ITEM_STATES = frozenset({ItemState.SUCCEEDED, ItemState.FAILED, ItemState.CANCELED})
+PENDING_ITEM_STATES = frozenset(s for s in ItemState if s not in TERMINAL_ITEM_STATES)
 
-# Item states
-QUEUED = "queued"
-DETECTING = "detecting"
-PARSING = "parsing"
-STYLIZING = "stylizing"
-FINALIZING = "finalizing"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELED = "canceled"
-
-ITEM_STATES = (QUEUED, DETECTING, PARSING, STYLIZING, FINALIZING, SUCCEEDED, FAILED, CANCELED)
-TERMINAL_ITEM_STATES = frozenset({SUCCEEDED, FAILED, CANCELED})
-PENDING_ITEM_STATES = frozenset(s for s in ITEM_STATES if s not in TERMINAL_ITEM_STATES)
-
-# Stages in order, each with the item state it sets while it runs. Each is also the name of
-# the Celery queue the stage runs on.
-STAGES = ("detect", "parse", "stylize", "finalize")
+STAGES = tuple(Stage)
+# The item state each stage sets while it runs.
 STAGE_STATE = {
-    "detect": DETECTING,
-    "parse": PARSING,
-    "stylize": STYLIZING,
-    "finalize": FINALIZING,
+    Stage.DETECT: ItemState.DETECTING,
+    Stage.PARSE: ItemState.PARSING,
+    Stage.STYLIZE: ItemState.STYLIZING,
+    Stage.FINALIZE: ItemState.FINALIZING,
 }
 STATE_STAGE = {state: stage for stage, state in STAGE_STATE.items()}
 
-_ENDINGS = {FAILED, CANCELED}
+_ENDINGS = {ItemState.FAILED, ItemState.CANCELED}
 
-ITEM_TRANSITIONS: dict[str, frozenset[str]] = {
+ITEM_TRANSITIONS: dict[ItemState, frozenset[ItemState]] = {
     # A stage state may repeat itself: the same stage attempted again.
-    QUEUED: frozenset({DETECTING} | _ENDINGS),
-    DETECTING: frozenset({DETECTING, PARSING} | _ENDINGS),
-    PARSING: frozenset({PARSING, STYLIZING} | _ENDINGS),
-    STYLIZING: frozenset({STYLIZING, FINALIZING} | _ENDINGS),
-    FINALIZING: frozenset({FINALIZING, SUCCEEDED} | _ENDINGS),
-    SUCCEEDED: frozenset(),
-    FAILED: frozenset(),
-    CANCELED: frozenset(),
+    ItemState.QUEUED: frozenset({ItemState.DETECTING} | _ENDINGS),
+    ItemState.DETECTING: frozenset({ItemState.DETECTING, ItemState.PARSING} | _ENDINGS),
+    ItemState.PARSING: frozenset({ItemState.PARSING, ItemState.STYLIZING} | _ENDINGS),
+    ItemState.STYLIZING: frozenset({ItemState.STYLIZING, ItemState.FINALIZING} | _ENDINGS),
+    ItemState.FINALIZING: frozenset({ItemState.FINALIZING, ItemState.SUCCEEDED} | _ENDINGS),
+    ItemState.SUCCEEDED: frozenset(),
+    ItemState.FAILED: frozenset(),
+    ItemState.CANCELED: frozenset(),
 }
 
-JOB_TRANSITIONS: dict[str, frozenset[str]] = {
-    JOB_QUEUED: frozenset({JOB_RUNNING} | TERMINAL_JOB_STATES),
-    JOB_RUNNING: frozenset(TERMINAL_JOB_STATES),
-    JOB_SUCCEEDED: frozenset(),
-    JOB_FAILED: frozenset(),
-    JOB_PARTIALLY_SUCCEEDED: frozenset(),
-    JOB_CANCELED: frozenset(),
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING} | TERMINAL_JOB_STATES),
+    JobState.RUNNING: frozenset(TERMINAL_JOB_STATES),
+    **{s: frozenset() for s in TERMINAL_JOB_STATES},
 }
 
 
@@ -81,43 +98,53 @@ class InvalidTransition(ValueError):
     """A state change the state machine does not allow (a bug in the caller, or a stale task)."""
 
     def __init__(self, kind: str, old: str, new: str):
-        allowed = sorted((ITEM_TRANSITIONS if kind == "item" else JOB_TRANSITIONS).get(old, ()))
+        table = ITEM_TRANSITIONS if kind == "item" else JOB_TRANSITIONS
+        allowed = sorted(table.get(old, ()))  # type: ignore[call-overload]
         hint = f"allowed from {old!r}: {', '.join(allowed)}" if allowed else f"{old!r} is final"
         super().__init__(f"{kind} cannot go from {old!r} to {new!r} ({hint})")
         self.kind, self.old, self.new = kind, old, new
 
 
+def _member(enum: type[StrEnum], value: str, kind: str):
+    try:
+        return enum(value)
+    except ValueError:
+        raise ValueError(
+            f"unknown {kind} {value!r}; expected one of {', '.join(enum)}"
+        ) from None
+
+
 def check_item_transition(old: str, new: str) -> None:
-    if old not in ITEM_TRANSITIONS:
-        raise ValueError(f"unknown item state {old!r}; expected one of {', '.join(ITEM_STATES)}")
-    if new not in ITEM_TRANSITIONS[old]:
-        raise InvalidTransition("item", old, new)
+    old_state = _member(ItemState, old, "item state")
+    if new not in ITEM_TRANSITIONS[old_state]:
+        raise InvalidTransition("item", str(old), str(new))
 
 
 def check_job_transition(old: str, new: str) -> None:
     if old == new:
         return
-    if old not in JOB_TRANSITIONS:
-        raise ValueError(f"unknown job state {old!r}; expected one of {', '.join(JOB_STATES)}")
-    if new not in JOB_TRANSITIONS[old]:
-        raise InvalidTransition("job", old, new)
+    old_state = _member(JobState, old, "job state")
+    if new not in JOB_TRANSITIONS[old_state]:
+        raise InvalidTransition("job", str(old), str(new))
+
+
+def as_stage(stage: str) -> Stage:
+    """The Stage named `stage`; an unknown name is a programming error and raises ValueError."""
+    return _member(Stage, stage, "stage")
 
 
 def stage_index(stage: str) -> int:
-    try:
-        return STAGES.index(stage)
-    except ValueError:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}") from None
+    return STAGES.index(as_stage(stage))
 
 
-def next_stage(stage: str) -> str | None:
+def next_stage(stage: str) -> Stage | None:
     i = stage_index(stage)
     return STAGES[i + 1] if i + 1 < len(STAGES) else None
 
 
 def job_status_from_counts(
     total: int, succeeded: int, failed: int, canceled: int, *, started: bool = True
-) -> str:
+) -> JobState:
     """The job status its items' counts imply.
 
     While any item is pending the job is running (or still queued if no item has started).
@@ -131,11 +158,11 @@ def job_status_from_counts(
             f"canceled={canceled}"
         )
     if succeeded + failed + canceled < total:
-        return JOB_RUNNING if started else JOB_QUEUED
+        return JobState.RUNNING if started else JobState.QUEUED
     if canceled:
-        return JOB_CANCELED
+        return JobState.CANCELED
     if failed == 0:
-        return JOB_SUCCEEDED
+        return JobState.SUCCEEDED
     if succeeded == 0:
-        return JOB_FAILED
-    return JOB_PARTIALLY_SUCCEEDED
+        return JobState.FAILED
+    return JobState.PARTIALLY_SUCCEEDED

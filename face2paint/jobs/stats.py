@@ -22,7 +22,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from .db import Item, StageAttempt, utcnow
-from .states import PENDING_ITEM_STATES, QUEUED, STAGES, next_stage
+from .states import PENDING_ITEM_STATES, STAGES, ItemState, Outcome, next_stage
 
 
 @dataclass
@@ -56,14 +56,13 @@ def stage_loads(session: Session, now: datetime | None = None) -> dict[str, Stag
         .where(Item.status.in_(PENDING_ITEM_STATES))
         .group_by(Item.status, Item.stage, kind)
     ).all()
-    session.rollback()  # read only; release SQLite's write lock promptly
     loads = {stage: StageLoad() for stage in STAGES}
     for status, stage, kind_, n, since_ in rows:
-        if status == QUEUED or stage is None:
+        if status == ItemState.QUEUED or stage is None:
             stage, running = STAGES[0], False
         elif kind_ == "open":
             running = True
-        elif kind_ == "succeeded":
+        elif kind_ == Outcome.SUCCEEDED:
             stage, running = next_stage(stage), False
             if stage is None:  # a finished last stage makes the item terminal; never pending
                 continue

@@ -397,11 +397,9 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 def storage_from_settings(settings) -> LocalStorage | S3Storage:
-    """FACE2PAINT_STORAGE_URL: s3://bucket/prefix, a local directory (or file://...), or unset
-    for `home/storage`."""
-    url = (settings.storage_url or "").strip()
-    if not url:
-        return LocalStorage(Path(settings.home).expanduser() / "storage")
+    """The storage settings.resolved_storage_url names: s3://bucket/prefix, file://..., or a
+    local directory."""
+    url = settings.resolved_storage_url
     if url.startswith("s3://"):
         bucket, prefix = parse_s3_url(url)
         return S3Storage(
@@ -409,8 +407,7 @@ def storage_from_settings(settings) -> LocalStorage | S3Storage:
             prefix,
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
-            # Optional setting: where clients reach S3 when it differs from the service's view.
-            public_endpoint_url=getattr(settings, "s3_public_endpoint_url", None),
+            public_endpoint_url=settings.s3_public_endpoint_url,
         )
     if url.startswith("file://"):
         return LocalStorage(urlparse(url).path)

@@ -1,14 +1,20 @@
 """Alembic environment: runs on the connection face2paint.jobs.migrate hands over, or on an
-engine built from sqlalchemy.url. SQLite gets batch mode (it cannot ALTER most things)."""
+engine built from sqlalchemy.url (default: the database the settings name). SQLite gets batch
+mode (it cannot ALTER most things)."""
 
 from __future__ import annotations
 
 from alembic import context
 
 from face2paint.jobs.db import Base, make_engine
+from face2paint.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata
+
+
+def _url() -> str:
+    return config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url
 
 
 def _configure(**kwargs) -> None:
@@ -16,7 +22,7 @@ def _configure(**kwargs) -> None:
 
 
 def run_offline() -> None:
-    url = config.get_main_option("sqlalchemy.url")
+    url = _url()
     _configure(
         url=url,
         literal_binds=True,
@@ -38,7 +44,7 @@ def run_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_engine(config.get_main_option("sqlalchemy.url"))
+    engine = make_engine(_url())
     try:
         with engine.connect() as connection:
             _run(connection)

@@ -6,7 +6,7 @@ import os
 from contextlib import contextmanager
 from functools import lru_cache
 
-from ..jobs.db import default_database_url, make_engine, session_factory
+from ..jobs import db
 from ..jobs.storage import storage_from_settings
 from ..settings import get_settings
 
@@ -14,22 +14,15 @@ from ..settings import get_settings
 @lru_cache(maxsize=None)
 def _sessions(pid: int):
     # Keyed by pid: an engine inherited across fork must not be reused by the child.
-    settings = get_settings()
-    return session_factory(make_engine(settings.database_url or default_database_url(settings)))
+    return db.session_factory(db.make_engine(get_settings().resolved_database_url))
 
 
 @contextmanager
 def session_scope():
-    """One transaction: commit on success, roll back on error."""
-    session = _sessions(os.getpid())()
-    try:
+    """A new session with one unit of work (jobs/__init__.py): committed when the block ends,
+    rolled back on error."""
+    with db.session_scope(_sessions(os.getpid())) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 @lru_cache(maxsize=None)

@@ -14,9 +14,11 @@ from functools import lru_cache
 
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
-from ..jobs import service
 from ..jobs.db import Item, Job
+from ..jobs.faces import record_faces
 from ..jobs.keys import artifact_key, item_prefix, result_key
+from ..jobs.progress import refresh_job
+from ..jobs.stages import begin_stage, end_stage, fail_item, finish_stage
 from ..jobs.states import STAGES
 from ..jobs.storage import StorageUnavailable
 from ..settings import get_settings
@@ -86,14 +88,14 @@ def _begin(task, stage: str, item_id: str, outage: dict | None):
         # The attempt an outage interrupted could not be closed then; close it now, which
         # also gives it back (an outage is not the input's fault).
         with session_scope() as s:
-            service.end_stage(s, outage["attempt"], "outage", error=outage.get("error"))
+            end_stage(s, outage["attempt"], "outage", error=outage.get("error"))
     with session_scope() as s:
-        attempt = service.begin_stage(s, item_id, stage, _worker_name(task))
+        attempt = begin_stage(s, item_id, stage, _worker_name(task))
         if attempt is None:
             # Terminal, canceled, stale, or over the attempt cap (begin_stage recorded why).
             item = s.get(Item, item_id)
             if item is not None:
-                service.refresh_job(s, item.job_id)
+                refresh_job(s, item.job_id)
             return None
         item = s.get(Item, item_id)
         job = s.get(Job, item.job_id)
@@ -104,9 +106,9 @@ def _begin(task, stage: str, item_id: str, outage: dict | None):
 
 def _fail(item_id: str, job_id: str | None, reason: str) -> None:
     with session_scope() as s:
-        item = service.fail_item(s, item_id, reason)
+        item = fail_item(s, item_id, reason)
         if item is not None:
-            service.refresh_job(s, job_id or item.job_id)
+            refresh_job(s, job_id or item.job_id)
 
 
 def _retry_after_outage(task, stage, item_id, e, outage, attempt_id, job_id=None):
@@ -114,7 +116,7 @@ def _retry_after_outage(task, stage, item_id, e, outage, attempt_id, job_id=None
     if attempt_id is not None:
         try:
             with session_scope() as s:
-                service.end_stage(s, attempt_id, "outage", error=repr(e))
+                end_stage(s, attempt_id, "outage", error=repr(e))
             attempt_id = None
         except Exception:  # the database is down too: the next try closes it
             log.debug("could not close attempt %s yet", attempt_id, exc_info=True)
@@ -163,8 +165,8 @@ def run_stage(task, stage: str, item_id: str, work, outage: dict | None = None) 
         timings = dict(outcome.get("timings") or {})
         timings[stage] = round(time.perf_counter() - t0, 4)
         with session_scope() as s:
-            goes_on = service.finish_stage(s, attempt_id, timings, output_key=outcome.get("output_key"),
-                                           face_count=outcome.get("face_count"))
+            goes_on = finish_stage(s, attempt_id, timings, output_key=outcome.get("output_key"),
+                                   face_count=outcome.get("face_count"))
         if not goes_on:
             raise Ignore()  # a duplicate delivery: the newer attempt publishes the next stage
         if stage == STAGES[-1]:
@@ -220,7 +222,7 @@ def _finish(attempt_id, outcome, error, stage, t0, timings=None):
     with session_scope() as s:
         timings = dict(timings or {})
         timings[stage] = round(time.perf_counter() - t0, 4)
-        service.end_stage(s, attempt_id, outcome, error=error, timings=timings)
+        end_stage(s, attempt_id, outcome, error=error, timings=timings)
 
 
 def _load_input(ctx):
@@ -259,8 +261,8 @@ def _detect(ctx):
         "application/json",
     )
     with session_scope() as s:
-        service.record_faces(s, ctx["item_id"], [f.to_dict() for f in faces],
-                             width=image.original_size[0], height=image.original_size[1])
+        record_faces(s, ctx["item_id"], [f.to_dict() for f in faces],
+                     width=image.original_size[0], height=image.original_size[1])
 
 
 def _read_image(ctx):

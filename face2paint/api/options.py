@@ -1,0 +1,138 @@
+"""The options of a new job, as pydantic models that refuse unknown keys.
+
+`options` is a JSON object {"style", "face2paint", "params"}; the `style` and `face2paint`
+form fields, when sent, override it. ParamsOptions mirrors models/types.Params, field for field
+with the same defaults (a test keeps them in step), and adds the ranges a request may ask for.
+Every refusal is a 422 whose one-line message says what to send instead.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Optional
+
+from fastapi import Depends, Form, HTTPException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..jobs.states import Stage
+from ..models.registry import BY_ID
+from ..models.types import Params
+
+_DEFAULT = Params()
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _range(name: str, lo: float, hi: float) -> Any:
+    return Field(default=getattr(_DEFAULT, name), ge=lo, le=hi)
+
+
+class ParamsOptions(BaseModel):
+    model_config = _STRICT
+
+    alignment_threshold: float = _range("alignment_threshold", 0.0, 1.0)
+    parsing_smooth: bool = _DEFAULT.parsing_smooth
+    skin_smoothing_factor: float = _range("skin_smoothing_factor", 0.0, 1.0)
+    eye_enhance_ratio: float = _range("eye_enhance_ratio", 0.0, 4.0)
+    post_sharpen_weight: float = _range("post_sharpen_weight", 0.0, 2.0)
+    min_face_eye_distance: float = _range("min_face_eye_distance", 0.0, 10_000.0)
+    face_size: int = _range("face_size", 64, 1024)
+    face_min_size: int = _range("face_min_size", 16, 1024)
+    background_max_side: int = _range("background_max_side", 64, 8192)
+
+
+def stylize_styles() -> list[str]:
+    return sorted(m.id for m in BY_ID.values() if m.stage == Stage.STYLIZE)
+
+
+class JobOptions(BaseModel):
+    model_config = _STRICT
+
+    style: Optional[str] = None
+    face2paint: bool = True
+    params: ParamsOptions = Field(default_factory=ParamsOptions)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _null_is_default(cls, params: Any) -> Any:
+        return {} if params is None else params
+
+    @field_validator("style")
+    @classmethod
+    def _known_style(cls, style: str | None) -> str | None:
+        if style is not None and (BY_ID.get(style) is None or BY_ID[style].stage != Stage.STYLIZE):
+            raise ValueError("unknown style")
+        return style
+
+    def stored(self) -> dict:
+        """What the job keeps (and the workers read): the params the request set, so the
+        defaults stay models/types.Params's own."""
+        return {"style": self.style, "face2paint": self.face2paint,
+                "params": self.params.model_dump(exclude_unset=True)}
+
+
+_TOP = sorted(JobOptions.model_fields)
+_PARAMS = sorted(ParamsOptions.model_fields)
+
+
+def _bounds(name: str) -> str:
+    lo = hi = None
+    for m in ParamsOptions.model_fields[name].metadata:
+        lo = getattr(m, "ge", lo)
+        hi = getattr(m, "le", hi)
+    return f"from {lo} to {hi}"
+
+
+def refusal(e: ValidationError) -> str:
+    """One readable line for the first problem pydantic found."""
+    errors = e.errors()
+    extra = [err["loc"] for err in errors if err["type"] == "extra_forbidden"]
+    top_extra = sorted(str(loc[0]) for loc in extra if len(loc) == 1)
+    if top_extra:
+        return f"unknown option(s) {top_extra}; allowed: {', '.join(_TOP)}"
+    params_extra = sorted(str(loc[1]) for loc in extra if len(loc) == 2 and loc[0] == "params")
+    if params_extra:
+        return f"unknown params key(s) {params_extra}; params must be an object with keys from {_PARAMS}"
+    err = errors[0]
+    loc = err["loc"]
+    if loc[0] == "style":
+        return f"unknown style {err['input']!r}; choose one of {stylize_styles()}"
+    if loc[0] == "face2paint":
+        return "face2paint must be true or false"
+    if len(loc) == 1:  # params itself
+        return f"params must be an object with keys from {_PARAMS}"
+    name = str(loc[1])
+    if err["type"] in ("finite_number", "greater_than_equal", "less_than_equal"):
+        return f"params.{name}={err['input']!r} is out of range: {name} goes {_bounds(name)}"
+    kind = type(getattr(_DEFAULT, name)).__name__
+    return f"params.{name} must be a {kind} (default {getattr(_DEFAULT, name)!r})"
+
+
+def parse_options(raw: str | None, style: str | None = None, face2paint: bool | None = None) -> JobOptions:
+    """The options JSON with the form fields laid over it; HTTP 422 with the reason if unusable."""
+    try:
+        opts = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as e:
+        raise HTTPException(422, f"options is not valid JSON: {e}") from None
+    except (RecursionError, ValueError):  # absurdly deep nesting, huge numbers
+        raise HTTPException(422, "options is not a usable JSON object (nested too deeply or out of range)") from None
+    if not isinstance(opts, dict):
+        raise HTTPException(422, "options must be a JSON object")
+    if style is not None:
+        opts["style"] = style
+    if face2paint is not None:
+        opts["face2paint"] = face2paint
+    try:
+        return JobOptions.model_validate(opts)
+    except ValidationError as e:
+        raise HTTPException(422, refusal(e)) from None
+
+
+def job_options(
+    options: Annotated[Optional[str], Form(description='JSON, e.g. {"style": "animeganv2-hayao-int8", "face2paint": true, "params": {"eye_enhance_ratio": 1.2}}')] = None,
+    style: Annotated[Optional[str], Form(description="Overrides options.style.")] = None,
+    face2paint: Annotated[Optional[bool], Form(description="Overrides options.face2paint.")] = None,
+) -> JobOptions:
+    return parse_options(options, style, face2paint)
+
+
+JobOptionsDep = Annotated[JobOptions, Depends(job_options)]

@@ -1,0 +1,68 @@
+"""Jobs: submit, list, status and cancel. Every route needs an API key, and a key sees only its
+owner's jobs (404 for anybody else's, so ids reveal nothing)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, File, Header, Query, UploadFile
+
+from ...jobs.cancel import cancel_job
+from ...jobs.create import create_job
+from ...jobs.db import unit_of_work
+from ...jobs.listing import list_jobs
+from ...jobs.lookup import get_job
+from .. import metrics, schemas
+from ..deps import EnqueuerDep, OwnerDep, SessionDep, SettingsDep, StorageDep
+from ..options import JobOptionsDep
+from ..uploads import read_uploads
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+@router.post("/jobs", status_code=202, response_model=schemas.JobOut)
+async def submit_job(
+    session: SessionDep,
+    owner: OwnerDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    enqueuer: EnqueuerDep,
+    options: JobOptionsDep,
+    files: Annotated[list[UploadFile], File(description="The photos, one part each.")] = None,
+    idempotency_key: Annotated[Optional[str], Header(alias="Idempotency-Key", max_length=200)] = None,
+):
+    """Submit photos for processing; returns the job at once (202) and processes it in the
+    background. Repeating a request with the same Idempotency-Key returns the same job."""
+    uploads = await read_uploads(files or [], settings)
+    # Two workflows that open their own units of work: the job is committed, then published.
+    job, created = create_job(session, storage, owner, uploads, options.stored(), idempotency_key,
+                              settings=settings)
+    if created:
+        metrics.UPLOADED.inc(len(job.items))
+        enqueuer.new_job(session, job)
+    return schemas.job_out(job)
+
+
+@router.get("/jobs", response_model=schemas.JobPage)
+def list_owner_jobs(
+    session: SessionDep,
+    owner: OwnerDep,
+    cursor: Optional[str] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+):
+    with unit_of_work(session):
+        jobs, next_cursor = list_jobs(session, owner, cursor, limit)
+        return schemas.JobPage(jobs=[schemas.job_out(j) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}", response_model=schemas.JobOut)
+def job_status(job_id: str, session: SessionDep, owner: OwnerDep):
+    with unit_of_work(session):
+        return schemas.job_out(get_job(session, job_id, owner))
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=schemas.JobOut)
+def cancel(job_id: str, session: SessionDep, owner: OwnerDep):
+    """Cancel every item not yet finished; finished results stay available."""
+    with unit_of_work(session):
+        return schemas.job_out(cancel_job(session, job_id, owner))

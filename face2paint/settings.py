@@ -6,15 +6,25 @@ Redis broker). Every layer reads its settings from here; models/ only reads the 
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_home() -> Path:
     return Path.home() / ".face2paint"
+
+
+def cores_available() -> int:
+    """The CPUs this process may run on (a container's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -52,9 +62,21 @@ class Settings(BaseSettings):
     sweep_interval_s: PositiveFloat = 10.0
     sweep_unpublished_after_s: PositiveFloat = 30.0
 
+    # How models run (read by models/sessions.py when it creates a runtime session; the model
+    # cache keys loaded models by these, never by pipeline parameters). Threads: one intra-op
+    # pool per session; unset = the CPUs this process may run on. Device: cpu, or cuda / cuda:N
+    # for the runtimes that have a GPU session. Precision: the float type of torch generators.
+    model_threads: PositiveInt | None = None
+    model_device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    model_precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+
     @property
     def resolved_model_cache_dir(self) -> Path:
         return self.model_cache_dir or (self.home / "models")
+
+    @property
+    def resolved_model_threads(self) -> int:
+        return self.model_threads or cores_available()
 
 
 @lru_cache(maxsize=1)

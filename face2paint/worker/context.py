@@ -1,41 +1,67 @@
-"""Per-process database and storage handles for the worker, created lazily after fork."""
+"""Per-process resources of a worker: database sessions, object storage and the model cache.
+
+Created lazily in the process that uses them (a prefork pool process), never inherited across
+fork: `resources()` makes a new set when the pid changes, so an engine or a loaded model of
+the parent is never reused by its children. The stage task base class (tasks.StageTask) hands
+them to the stages.
+"""
 
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cached_property
 
 from ..jobs.db import default_database_url, make_engine, session_factory
 from ..jobs.storage import storage_from_settings
-from ..settings import get_settings
+from ..settings import Settings, get_settings
 
 
-@lru_cache(maxsize=None)
-def _sessions(pid: int):
-    # Keyed by pid: an engine inherited across fork must not be reused by the child.
-    settings = get_settings()
-    return session_factory(make_engine(settings.database_url or default_database_url(settings)))
+class Resources:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.pid = os.getpid()
+
+    @cached_property
+    def _sessions(self):
+        s = self.settings
+        return session_factory(make_engine(s.database_url or default_database_url(s)))
+
+    @contextmanager
+    def session_scope(self):
+        """One transaction: commit on success, roll back on error."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @cached_property
+    def storage(self):
+        return storage_from_settings(self.settings)
+
+    @cached_property
+    def models(self):
+        """The process's model cache: each model loads on the first stage that needs it."""
+        from ..models.cache import ModelCache
+        from ..models.registry import Registry
+
+        return ModelCache(Registry(self.settings))
 
 
-@contextmanager
+_current: Resources | None = None
+
+
+def resources() -> Resources:
+    global _current
+    if _current is None or _current.pid != os.getpid():
+        _current = Resources(get_settings())
+    return _current
+
+
 def session_scope():
-    """One transaction: commit on success, roll back on error."""
-    session = _sessions(os.getpid())()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-
-
-@lru_cache(maxsize=None)
-def _storage(pid: int):
-    return storage_from_settings(get_settings())
-
-
-def storage():
-    return _storage(os.getpid())
+    return resources().session_scope()

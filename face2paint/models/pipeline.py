@@ -120,21 +120,10 @@ class Face2Paint:
             self._models[role] = self.cache.get(self.choice(role).model_id)
         return self._models[role]
 
-    @property
-    def detector(self):
-        return self.model("detect")
-
-    @property
-    def parser(self):
-        return self.model("parse")
-
-    @property
-    def face_stylizer(self):
-        return self.model("stylize")
-
-    @property
-    def background_stylizer(self):
-        return self.model("stylize_background")
+    detector = property(lambda self: self.model("detect"))
+    parser = property(lambda self: self.model("parse"))
+    face_stylizer = property(lambda self: self.model("stylize"))
+    background_stylizer = property(lambda self: self.model("stylize_background"))
 
     def describe(self) -> dict[str, str]:
         """Per role, which model and how it was chosen, for the terminal and reports; the

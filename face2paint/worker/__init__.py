@@ -4,7 +4,7 @@ the process's resources (tasks.py), those resources (context.py: database sessio
 the model cache), the artifacts stages pass through storage (artifacts.py) and fault
 injection for the reliability tests, installed at the storage seam (faults.py).
 
-May import: face2paint.jobs, face2paint.models (inside the tasks, so a worker loads models in
-its pool processes only), face2paint.settings, Celery and kombu. Never the API or the command
-line.
+May import: face2paint.jobs, face2paint.models (its heavy modules only inside the stage bodies,
+so models load in pool processes, never in the parent of a prefork pool), face2paint.settings,
+Celery and kombu. Never the API or the command line.
 """

@@ -34,7 +34,7 @@ def pipeline_compute_s(image_path: Path, repeat: int = 5) -> float:
     from face2paint.models.image_io import load_image
     from face2paint.models.pipeline import Face2Paint
 
-    pipe, _ = Face2Paint.from_registry()
+    pipe = Face2Paint()
     image = load_image(image_path)
     pipe.run(image)  # warm: interpreters built, caches filled, as in a long-lived worker
     times = []

@@ -46,12 +46,13 @@ def main() -> None:
 
     import torch
 
-    from face2paint.models import loaders
+    from face2paint.models.cache import ModelCache
     from face2paint.models.generators.animegan import AnimeGANStylizer, Generator
+    from face2paint.models.sessions import open_session
     from face2paint.tools.convert_hayao import UPSAMPLE, convert
-    from face2paint.models.registry import Registry
 
-    reg = Registry()
+    cache = ModelCache()
+    reg = cache.registry
     rows: list[dict] = []
 
     def add(stage, model, runtime, size, batch, seconds):
@@ -62,7 +63,7 @@ def main() -> None:
 
     # detect
     for model_id, runtime in (("retinaface-mnet025", "onnxruntime"), ("yunet-s-640", "opencv")):
-        det = loaders.build(reg.resolve(model_id))
+        det = cache.get(model_id)
         for s in sizes:
             img = photo(s)
             add("detect", model_id, runtime, s, 1, timeit(lambda: det.detect(img), args.repeat))
@@ -70,16 +71,16 @@ def main() -> None:
             imgs = [photo(512)] * 4
             add("detect", model_id, runtime, 512, 4, timeit(lambda: det.detect_batch(imgs), args.repeat))
     # parse (the model's input is fixed at 448: crops are resized to it)
-    parser = loaders.build(reg.resolve("bisenetv2-celebamaskhq-448-int8"))
+    parser = cache.get("bisenetv2-celebamaskhq-448-int8")
     crop = photo(512)
     lm = np.array([[196, 233], [316, 233], [256, 302], [207, 372], [307, 372]], np.float32)
     add("parse", "bisenetv2-celebamaskhq-448-int8", "tflite int8", 448, 1,
         timeit(lambda: parser.parse(crop, lm), args.repeat))
     # stylize: torch fp32 (batched), TFLite int8, white-box at its fixed 512, classical
-    torch.set_num_threads(torch.get_num_threads())
     gen = Generator(upsample=UPSAMPLE)
     gen.load_state_dict(convert(reg.resolve("animeganv2-hayao-int8").path))
-    torch_style = AnimeGANStylizer(gen.eval(), "animeganv2-hayao (torch, converted)")
+    torch_style = AnimeGANStylizer(open_session("torch", gen, cache.options),
+                                   "animeganv2-hayao (torch, converted)")
     for s in sizes:
         for b in ((1, 2, 4) if s <= 512 else (1,)):
             imgs = [photo(s)] * b
@@ -89,7 +90,7 @@ def main() -> None:
                                      ("whitebox-cartoon-int8", "tflite int8", 512),
                                      ("whitebox-cartoon-dr", "tflite dr", 512),
                                      ("classical-cartoon", "opencv", None)):
-        st = loaders.build(reg.resolve(model_id))
+        st = cache.get(model_id)
         for s in ([fixed] if fixed else sizes):
             img = photo(s)
             add("stylize", model_id, runtime, s, 1, timeit(lambda: st(img), args.repeat))

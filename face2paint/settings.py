@@ -6,15 +6,25 @@ Redis broker). Every layer reads its settings from here; models/ only reads the 
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_home() -> Path:
     return Path.home() / ".face2paint"
+
+
+def cores_available() -> int:
+    """The CPUs this process may run on (a container's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -63,6 +73,14 @@ class Settings(BaseSettings):
     # The liveness check fails when the worker's event loop has not beaten for this long.
     worker_heartbeat_max_age_s: PositiveFloat = 120.0
 
+    # How models run (read by models/sessions.py when it creates a runtime session; the model
+    # cache keys loaded models by these, never by pipeline parameters). Threads: one intra-op
+    # pool per session; unset = the CPUs this process may run on. Device: cpu, or cuda / cuda:N
+    # for the runtimes that have a GPU session. Precision: the float type of torch generators.
+    model_threads: PositiveInt | None = None
+    model_device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
+    model_precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+
     # Derived settings: what each unset service URL means in embedded mode. Every layer reads
     # these instead of working the defaults out itself.
 
@@ -85,6 +103,10 @@ class Settings(BaseSettings):
         directory `storage` under FACE2PAINT_HOME."""
         url = (self.storage_url or "").strip()
         return url or str(self.home.expanduser() / "storage")
+
+    @property
+    def resolved_model_threads(self) -> int:
+        return self.model_threads or cores_available()
 
 
 @lru_cache(maxsize=1)

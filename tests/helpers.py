@@ -47,7 +47,7 @@ def aligned_face(name: str):
     from PIL import Image
     from retinaface import detect_faces
 
-    from face2paint.models.align import align_face
+    from face2paint.models.face import align_face
     from face2paint.models.types import Face
 
     rgb = np.asarray(Image.open(faces_dir() / name).convert("RGB"))
@@ -62,8 +62,9 @@ def aligned_face(name: str):
 @lru_cache(maxsize=1)
 def bisenet():
     from face2paint.models.parse import BiSeNetParser
+    from face2paint.models.sessions import open_session
 
     path = model_dir() / BISENET
     if not path.is_file():
         pytest.skip(f"{BISENET} not in FACE2PAINT_MODEL_DIR")
-    return BiSeNetParser(path, "bisenetv2-celebamaskhq-448-int8", num_threads=2)
+    return BiSeNetParser(open_session("tflite", path), "bisenetv2-celebamaskhq-448-int8")

@@ -19,6 +19,7 @@ from face2paint.models.generators.animegan import (
     _resize_tf_legacy,
     load_generator,
 )
+from face2paint.models.sessions import open_session
 
 
 def _cnl(prefix: str, cin: int, cout: int, k: int, groups: int = 1, bias: bool = False):
@@ -135,7 +136,7 @@ def test_load_generator_reports_mismatch(tmp_path: Path):
 
 @pytest.mark.parametrize("upsample", ["align_corners", "half_pixel", "tf"])
 def test_stylizer_keeps_odd_sizes(upsample: str):
-    st = AnimeGANStylizer(_random_generator(3, upsample), "random", num_threads=None)
+    st = AnimeGANStylizer(open_session("torch", _random_generator(3, upsample)), "random")
     rng = np.random.default_rng(0)
     for h, w in [(301, 257), (33, 19)]:
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -147,7 +148,7 @@ def test_stylizer_keeps_odd_sizes(upsample: str):
 def test_stylizer_padding_is_cropped_back():
     """The crop must be the top-left of the padded result, not a resize of it."""
     g = _random_generator(4)
-    st = AnimeGANStylizer(g, "random")
+    st = AnimeGANStylizer(open_session("torch", g), "random")
     img = np.random.default_rng(1).integers(0, 256, (61, 45, 3), dtype=np.uint8)
     padded = np.pad(img, ((0, 3), (0, 3), (0, 0)), mode="reflect")
     ref = st(padded)[:61, :45]
@@ -155,7 +156,7 @@ def test_stylizer_padding_is_cropped_back():
 
 
 def test_batch_equals_single():
-    st = AnimeGANStylizer(_random_generator(5), "random", max_batch=2)
+    st = AnimeGANStylizer(open_session("torch", _random_generator(5)), "random", max_batch=2)
     rng = np.random.default_rng(2)
     imgs = [rng.integers(0, 256, s, dtype=np.uint8)
             for s in [(64, 80, 3), (50, 50, 3), (64, 80, 3), (64, 80, 3), (50, 50, 3)]]
@@ -169,7 +170,7 @@ def test_batch_equals_single():
 
 
 def test_stylizer_rejects_bad_input():
-    st = AnimeGANStylizer(_random_generator(6), "random")
+    st = AnimeGANStylizer(open_session("torch", _random_generator(6)), "random")
     with pytest.raises(ValueError):
         st(np.zeros((8, 8), np.uint8))
     with pytest.raises(ValueError):
@@ -211,4 +212,4 @@ def test_published_checkpoint_loads(name: str):
     sd = torch.load(path, map_location="cpu", weights_only=True)
     Generator().load_state_dict(sd, strict=True)
     img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    assert AnimeGANStylizer(g, name)(img).shape == img.shape
+    assert AnimeGANStylizer(open_session("torch", g), name)(img).shape == img.shape

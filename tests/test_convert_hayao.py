@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from face2paint.models.generators.animegan import AnimeGANStylizer, Generator, load_generator
+from face2paint.models.sessions import open_session
 
 HAYAO = "animeganv2_hayao_int8.tflite"
 # photo -> minimum PSNR (dB) at 256², about 1 dB under the measured value
@@ -86,9 +87,9 @@ def test_converted_matches_tflite_on_real_photos(converted):
 
     path, sd = converted
     faces = _faces_dir()
-    tfl = TFLiteGenerator(path, "hayao-int8", color="RGB")
-    torch_tf = AnimeGANStylizer(load_generator(sd, upsample="tf"), "hayao")
-    torch_ac = AnimeGANStylizer(load_generator(sd), "hayao-align-corners")
+    tfl = TFLiteGenerator(open_session("tflite", path), "hayao-int8", color="RGB")
+    torch_tf = AnimeGANStylizer(open_session("torch", load_generator(sd, upsample="tf")), "hayao")
+    torch_ac = AnimeGANStylizer(open_session("torch", load_generator(sd)), "hayao-align-corners")
     for name, threshold in THRESHOLDS.items():
         if not (faces / name).is_file():
             pytest.skip(f"{name} missing from {faces}")

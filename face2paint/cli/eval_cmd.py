@@ -42,7 +42,8 @@ def evaluate(
         except (OSError, KeyError, ValueError) as e:
             _fail(f"cannot read manifest {manifest}: {e}")
     try:
-        pipe, chosen = Face2Paint.from_registry(style=style)
+        pipe = Face2Paint(style=style)
+        chosen = pipe.load()
     except (ModelUnavailable, ValueError) as e:
         _fail(str(e))
     for stage, how in chosen.items():

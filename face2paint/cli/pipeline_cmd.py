@@ -28,11 +28,13 @@ def stylize(
     from ..models.image_io import ImageError, load_image, save_image
     from ..models.pipeline import Face2Paint
     from ..models.registry import ModelUnavailable
+    from ..models.types import Params
     from ..settings import get_settings
 
     files = collect_or_fail(inputs)
     try:
-        pipe, chosen = Face2Paint.from_registry(style=style, detector=detector, parser=parser)
+        pipe = Face2Paint(style=style, detector=detector, parser=parser)
+        chosen = pipe.load()
     except (ModelUnavailable, ValueError) as e:
         _fail(str(e))
     for stage, how in chosen.items():
@@ -55,7 +57,7 @@ def stylize(
                 row.update(output=str(target), width=image.original_size[0],
                            height=image.original_size[1], **result.report())
                 if debug:
-                    _write_debug(out / "debug" / target.stem, image.rgb, result, pipe.params)
+                    _write_debug(out / "debug" / target.stem, image.rgb, result, Params())
             except ImageError as e:
                 failures += 1
                 row["error"] = str(e)
@@ -96,17 +98,19 @@ def detect(
     from rich.console import Console
     from rich.table import Table
 
-    from ..models import loaders
+    from ..models.cache import ModelCache
     from ..models.image_io import ImageError, load_image
-    from ..models.registry import ModelUnavailable, Registry
+    from ..models.registry import ModelUnavailable
     from ..settings import get_settings
 
     files = collect_or_fail(images)
     try:
-        model, model_id, how = loaders.load(Registry(), "detect", detector)
+        cache = ModelCache()
+        choice = cache.choose("detect", detector)
+        model, model_id = cache.get(choice.model_id), choice.model_id
     except (ModelUnavailable, ValueError) as e:
         _fail(str(e))
-    console.print(f"[bold]detect[/bold]: {model_id} ({how})")
+    console.print(f"[bold]detect[/bold]: {choice}")
     settings = get_settings()
     results, failures = [], 0
     for path in files:

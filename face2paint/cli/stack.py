@@ -44,12 +44,16 @@ def _stop(p: subprocess.Popen, sig=signal.SIGTERM, timeout_s: float = 30) -> Non
 
 
 class ProcessStack:
+    """`workers` workers on `queues` each, or one worker per entry of `worker_queues` (e.g.
+    [("detect", "parse", "finalize"), ("stylize",)]: a CPU and a GPU worker)."""
+
     def __init__(self, env: dict[str, str], home: Path, *, workers: int = 1,
-                 queues: tuple[str, ...] = STAGES, port: int | None = None, owner: str = "local"):
+                 queues: tuple[str, ...] = STAGES, worker_queues: list[tuple[str, ...]] | None = None,
+                 port: int | None = None, owner: str = "local"):
         self.base_env = dict(env)
         self.home = Path(home)
-        self.n_workers = workers
-        self.queues = queues
+        self.worker_queues = [tuple(q) for q in worker_queues] if worker_queues else [tuple(queues)] * workers
+        self.n_workers = len(self.worker_queues)
         self.port = port or free_port()
         self.owner = owner
         self.procs: dict[str, subprocess.Popen] = {}
@@ -100,7 +104,7 @@ class ProcessStack:
         self.procs[name] = self._spawn(
             name,
             [sys.executable, "-m", "celery", "-A", "face2paint.worker.main", "worker",
-             "-Q", ",".join(self.queues), "-c", "1", "--loglevel", "INFO",
+             "-Q", ",".join(self.worker_queues[i]), "-c", "1", "--loglevel", "INFO",
              "-n", f"{name}-{os.getpid()}@%h"],
         )
         return self.procs[name]
@@ -143,8 +147,9 @@ class ProcessStack:
 
 
 class EmbeddedStack(ProcessStack):
-    def __init__(self, home: Path, port: int | None = None, workers: int = 1):
-        super().__init__({}, home, workers=workers, port=port)
+    def __init__(self, home: Path, port: int | None = None, workers: int = 1,
+                 worker_queues: list[tuple[str, ...]] | None = None):
+        super().__init__({}, home, workers=workers, worker_queues=worker_queues, port=port)
         self._redis = None
 
     def start(self) -> "EmbeddedStack":

@@ -3,7 +3,8 @@
 The template is a loose, FFHQ-like portrait crop (hair and chin included, eyes level): that is
 what both the CelebAMask-HQ parser and the AnimeGANv2 face-portrait generators were trained on.
 A similarity transform (rotation, uniform scale, translation) corrects roll without shearing the
-face; its inverse is kept so the stylized crop can be warped back into the photo.
+face; its inverse is kept so the stylized crop can be warped back into the photo. This module is
+the maths; `face.FaceHelper` runs the round trip (warp, paste back) with it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .types import AlignedFace, Face
+from .types import Face
 
 # The widely used 5-point template of 112x112 ArcFace crops (left eye, right eye, nose,
 # mouth left, mouth right). Only its proportions are used.
@@ -69,25 +70,6 @@ def invert(matrix: np.ndarray) -> np.ndarray:
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     return (pts @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
-
-
-def align_face(image: np.ndarray, face: Face, size: int = 512) -> AlignedFace:
-    """Warp one face of an RGB image into the canonical size x size crop.
-
-    Pixels outside the photo (faces at its borders) are filled by reflection so the networks
-    see plausible context; paste-back only writes inside the photo, so they never show.
-    """
-    matrix = similarity_transform(face.landmarks, canonical_template(size))
-    crop = cv2.warpAffine(
-        image, matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101
-    )
-    return AlignedFace(
-        face=face,
-        crop=crop,
-        matrix=matrix,
-        inverse=invert(matrix),
-        landmarks=transform_points(face.landmarks, matrix),
-    )
 
 
 def eye_distance(face: Face) -> float:

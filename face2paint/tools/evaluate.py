@@ -28,8 +28,9 @@ import numpy as np
 
 from ..models.align import eye_distance
 from ..models.detect import box_iou
+from ..models.face import FaceHelper
 from ..models.image_io import ImageError, load_image, resize_to, save_image
-from ..models.types import Face
+from ..models.types import Face, Params
 
 MODES = ("without", "with")  # face2paint off / on
 DISTORTION_THRESHOLD = 0.1  # NLE above this (in inter-ocular distances) counts as distorted
@@ -180,6 +181,7 @@ def evaluate(
     max_pixels: int = 60_000_000,
     warmup: bool = True,
     row_height: int = 256,
+    params: Params | None = None,
 ) -> dict:
     """Run `pipe` on every image with and without face2paint; write report.json, summary.md,
     contact_sheet.jpg and faces_sheet.jpg to out_dir; return the report.
@@ -189,6 +191,7 @@ def evaluate(
     built per input size, and otherwise whichever mode runs first would pay for building them,
     which is not what face2paint costs.
     """
+    params = params or Params()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
@@ -198,8 +201,8 @@ def evaluate(
     if warmup:
         # The face generator's first call (interpreter for the face size, lazy init) would
         # otherwise land on the first image with a face.
-        size = pipe.params.face_size
-        pipe.stylizer(np.zeros((size, size, 3), np.uint8))
+        size = params.face_size
+        pipe.face_stylizer(np.zeros((size, size, 3), np.uint8))
     for k, path in enumerate(images):
         path = Path(path)
         if on_progress:
@@ -212,7 +215,7 @@ def evaluate(
             records.append(rec)
             continue
         try:
-            rec.update(_evaluate_image(image, pipe, warmup, rows, tiles, row_height, path.name))
+            rec.update(_evaluate_image(image, pipe, params, warmup, rows, tiles, row_height, path.name))
         except Exception as e:  # one broken image must not lose the whole report
             rec["error"] = f"{type(e).__name__}: {e}"
         records.append(rec)
@@ -223,8 +226,8 @@ def evaluate(
         "models": dict(pipe.models),
         "settings": {
             "reference_faces": "input detections with score >= "
-            f"{pipe.params.alignment_threshold} and eye distance >= "
-            f"{pipe.params.min_face_eye_distance} px (the faces face2paint processes)",
+            f"{params.alignment_threshold} and eye distance >= "
+            f"{params.min_face_eye_distance} px (the faces face2paint processes)",
             "distortion_threshold_nle": DISTORTION_THRESHOLD,
             "match": f"box IoU >= {MATCH_IOU}, else eye midpoint within {MATCH_EYE_SHIFT} "
             "inter-ocular distances; any detection the detector returns on the output",
@@ -244,11 +247,11 @@ def evaluate(
     return report
 
 
-def _evaluate_image(image, pipe, warmup, rows, tiles, row_height, name) -> dict:
+def _evaluate_image(image, pipe, params, warmup, rows, tiles, row_height, name) -> dict:
     rgb = image.rgb
     h, w = rgb.shape[:2]
     detections = pipe.detect(rgb)
-    refs = pipe.selected(detections)
+    refs = FaceHelper(params).select(detections)
     y_in = luminance(rgb)
     rec: dict = {
         "size": list(image.original_size),
@@ -264,11 +267,11 @@ def _evaluate_image(image, pipe, warmup, rows, tiles, row_height, name) -> dict:
         ],
     }
     if warmup:
-        pipe.stylize_background(rgb)
+        pipe.stylize_background(rgb, params)
     outputs = {}
     for mode in MODES:
         t0 = time.perf_counter()
-        result = pipe.run(image, face2paint=(mode == "with"))
+        result = pipe.run(image, params, face2paint=(mode == "with"))
         rec["time_s"][mode] = round(time.perf_counter() - t0, 4)
         if mode == "with":
             rec["processed"] = len(result.aligned)

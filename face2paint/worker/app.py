@@ -106,6 +106,37 @@ def _stage_task_item(payload: dict) -> str | None:
 _OUR_TASKS = frozenset(TASK_NAMES.values())
 
 
+def redis_broker_messages(channel, queues) -> list[dict] | None:
+    """Every message of `queues` in a kombu Redis broker, waiting or delivered and not yet
+    acknowledged, as kombu's message payloads; None when the channel is not kombu's Redis one.
+
+    kombu has no public API for reading a queue's messages without consuming them, so this is
+    the one place that knows its Redis layout: a list per queue and priority step (the key
+    from the private `Channel._q_for_pri`), and a hash of unacknowledged messages
+    (`unacked_key`, a documented transport option) whose values are JSON
+    [payload, exchange, routing_key]. tests/test_broker_layout.py fails if kombu changes it.
+    The lists are read in one transaction.
+    """
+    if not all(hasattr(channel, a) for a in ("_q_for_pri", "unacked_key", "priority_steps")):
+        return None  # not the Redis transport
+    with channel.conn_or_acquire() as client:
+        pipe = client.pipeline(transaction=True)
+        for queue in queues:
+            for pri in channel.priority_steps:
+                pipe.lrange(channel._q_for_pri(queue, pri), 0, -1)
+        pipe.hvals(channel.unacked_key)
+        *queued, unacked = pipe.execute()
+    payloads = []
+    entries = [(m, False) for q in queued for m in q] + [(m, True) for m in unacked]
+    for raw, is_unacked in entries:
+        try:
+            payload = json.loads(raw)
+            payloads.append(payload[0] if is_unacked else payload)
+        except (ValueError, TypeError, KeyError, IndexError):
+            continue  # not a kombu message
+    return payloads
+
+
 def items_in_broker(app: Celery | None = None) -> set[str] | None:
     """Ids of items that have a stage task in the broker: waiting in a queue, or delivered to a
     worker and not yet acknowledged. None when the broker cannot be inspected (not the Redis
@@ -113,29 +144,20 @@ def items_in_broker(app: Celery | None = None) -> set[str] | None:
 
     The sweeper uses this so that an item waiting behind a long backlog is not published a
     second time: only items whose task is really gone (a broker restart without persistence,
-    a crash before the publish) are sent again. The lists are read in one transaction; a
-    message that a worker has popped but not yet recorded as unacked (a moment) can still be
-    missed, which at worst publishes that item twice; stages are idempotent.
-    Raises when the broker is unreachable (then nothing can be published either).
+    a crash before the publish) are sent again. A message that a worker has popped but not yet
+    recorded as unacked (a moment) can still be missed, which at worst publishes that item
+    twice; stages are idempotent. Raises when the broker is unreachable (then nothing can be
+    published either).
     """
     app = app or celery_app()
     with app.connection_for_read() as conn:
-        channel = conn.default_channel
-        if not hasattr(channel, "unacked_key") or not hasattr(channel, "_q_for_pri"):
-            return None  # not the Redis transport
-        with channel.conn_or_acquire() as client:
-            pipe = client.pipeline(transaction=True)
-            for stage in STAGES:
-                for pri in channel.priority_steps:
-                    pipe.lrange(channel._q_for_pri(stage, pri), 0, -1)
-            pipe.hvals(channel.unacked_key)
-            *queued, unacked = pipe.execute()
+        payloads = redis_broker_messages(conn.default_channel, STAGES)
+    if payloads is None:
+        return None
     ids = set()
-    entries = [(m, False) for q in queued for m in q] + [(m, True) for m in unacked]
-    for raw, is_unacked in entries:
+    for payload in payloads:
         try:
-            payload = json.loads(raw)
-            item_id = _stage_task_item(payload[0] if is_unacked else payload)
+            item_id = _stage_task_item(payload)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             continue  # not one of ours
         if item_id:

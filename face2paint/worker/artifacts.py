@@ -54,3 +54,28 @@ def json_bytes(obj) -> bytes:
 
 def json_obj(data: bytes):
     return json.loads(data)
+
+
+def faces_bytes(faces, original_size) -> bytes:
+    """The detect stage's faces and the input's original size. Full precision: rounded
+    landmarks would shift the alignment and change the output."""
+    return json_bytes({"original_size": list(original_size),
+                       "faces": [{"box": list(f.box), "landmarks": f.landmarks.tolist(),
+                                  "score": f.score} for f in faces]})
+
+
+def faces_from(data: bytes):
+    """(faces, original_size) of faces_bytes."""
+    from ..models.types import Face
+
+    meta = json_obj(data)
+    return [Face.from_dict(d) for d in meta["faces"]], tuple(meta["original_size"])
+
+
+def images_npz(images: list[np.ndarray]) -> bytes:
+    """Same-size images (the stylized face crops) as one stacked array."""
+    return npz_bytes(images=np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8))
+
+
+def images_from(data: bytes) -> list[np.ndarray]:
+    return list(npz_arrays(data)["images"])

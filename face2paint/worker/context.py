@@ -1,34 +1,60 @@
-"""Per-process database and storage handles for the worker, created lazily after fork."""
+"""Per-process resources of a worker: database sessions, object storage and the model cache.
+
+Created lazily in the process that uses them (a prefork pool process), never inherited across
+fork: `resources()` makes a new set when the pid changes, so an engine or a loaded model of
+the parent is never reused by its children. The stage task base class (tasks.StageTask) hands
+them to the stages.
+"""
 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
-from functools import lru_cache
+from functools import cached_property
 
 from ..jobs import db
 from ..jobs.storage import storage_from_settings
-from ..settings import get_settings
+from ..settings import Settings, get_settings
 
 
-@lru_cache(maxsize=None)
-def _sessions(pid: int):
-    # Keyed by pid: an engine inherited across fork must not be reused by the child.
-    return db.session_factory(db.make_engine(get_settings().resolved_database_url))
+class Resources:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.pid = os.getpid()
+
+    @cached_property
+    def _sessions(self):
+        return db.session_factory(db.make_engine(self.settings.resolved_database_url))
+
+    def session_scope(self):
+        """A new session with one unit of work (jobs/__init__.py): committed when the block
+        ends, rolled back on error."""
+        return db.session_scope(self._sessions)
+
+    @cached_property
+    def storage(self):
+        return storage_from_settings(self.settings)
+
+    @cached_property
+    def models(self):
+        """The process's model cache: each model loads on the first stage that needs it."""
+        from ..models.cache import ModelCache
+        from ..models.registry import Registry
+        from . import metrics
+
+        cache = ModelCache(Registry(self.settings))
+        cache.on_load = lambda record: metrics.model_loaded(record.model_id, record.seconds)
+        return cache
 
 
-@contextmanager
+_current: Resources | None = None
+
+
+def resources() -> Resources:
+    global _current
+    if _current is None or _current.pid != os.getpid():
+        _current = Resources(get_settings())
+    return _current
+
+
 def session_scope():
-    """A new session with one unit of work (jobs/__init__.py): committed when the block ends,
-    rolled back on error."""
-    with db.session_scope(_sessions(os.getpid())) as session:
-        yield session
-
-
-@lru_cache(maxsize=None)
-def _storage(pid: int):
-    return storage_from_settings(get_settings())
-
-
-def storage():
-    return _storage(os.getpid())
+    return resources().session_scope()

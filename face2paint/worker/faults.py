@@ -2,13 +2,16 @@
 
 Production never sets these variables; tests/test_faults.py does, in the environment of the API
 and worker processes it starts, to crash a process at an exact point instead of racing a kill
-against a timer.
+against a timer. The points are installed at seams, not called from the stages: when the
+variable is set, the stage task base class (tasks.StageTask) hands each stage its storage
+wrapped by `at_first_write`, so the stage's point fires right after it writes its first
+artifact; the API installs `submit` at its publish step with `hit`.
 
     FACE2PAINT_FAULTS      comma-separated rules ACTION:POINT[:MATCH]
     FACE2PAINT_FAULTS_DIR  directory for the markers below (required by pause and kill)
 
-POINT is a stage (detect, parse, stylize, finalize; hit in the middle of the stage, after some of
-its output is written) or `submit` (in the API, after the job is committed and before its items
+POINT is a stage (detect, parse, stylize, finalize; hit in the middle of the stage, right after
+its first artifact is written: finalize's only one is the result) or `submit` (in the API, after the job is committed and before its items
 are published). MATCH, if given, is a substring of the item's file name (for `submit`: of any
 uploaded file's name); without it the rule applies to every item. ACTION is one of:
 
@@ -106,3 +109,30 @@ def hit(point: str, item_id: str = "", names: list[str] | tuple[str, ...] = ()) 
             release = marker_path(directory, "release", point, item_id)
             while not release.exists():  # until the test kills or releases us
                 time.sleep(0.05)
+
+
+class _FirstWriteFault:
+    """A storage handle whose fault point fires once, right after the first object is written
+    through it; everything else goes straight to the storage it wraps."""
+
+    def __init__(self, storage, point: str, item_id: str, names: tuple[str, ...]):
+        self._storage = storage
+        self._hit = (point, item_id, names)
+        self._written = False
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        self._storage.put_bytes(key, data, content_type)
+        if not self._written:
+            self._written = True
+            hit(*self._hit)
+
+    def __getattr__(self, name):
+        return getattr(self._storage, name)
+
+
+def at_first_write(storage, point: str, item_id: str, names: tuple[str, ...] = ()):
+    """The storage a stage writes through: itself unless FACE2PAINT_FAULTS is set, else wrapped
+    so that `point` is hit right after the stage's first write."""
+    if not enabled():
+        return storage
+    return _FirstWriteFault(storage, point, item_id, tuple(names))

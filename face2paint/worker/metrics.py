@@ -17,7 +17,7 @@ used, model load time, stylize batch sizes):
     face2paint_stage_retries_total{stage,kind}     outage | error
     face2paint_photos_succeeded_total              items finished with a result
     face2paint_photos_failed_total{stage,reason}   reason: one of FAILURE_REASONS
-    face2paint_model_load_seconds{model}           pipeline loads (once per process and style)
+    face2paint_model_load_seconds{model}           model loads (once per process and model)
     face2paint_stylize_batch_size{model}           face crops per stylize call
     face2paint_gpu_memory_bytes{device,kind,pid}   only when torch has initialised CUDA
 """
@@ -91,7 +91,7 @@ class _Metrics:
             "face2paint_photos_failed", "Photos failed, by stage and reason class", ["stage", "reason"],
             registry=None)
         self.model_load = Histogram(
-            "face2paint_model_load_seconds", "Time to load a pipeline's models, by stylizer",
+            "face2paint_model_load_seconds", "Time to load one model into a pool process, by model id",
             ["model"], buckets=LOAD_BUCKETS, registry=None)
         self.batch = Histogram(
             "face2paint_stylize_batch_size", "Face crops stylized per stylize stage", ["model"],
@@ -155,9 +155,10 @@ def note_models(models: dict[str, str]) -> None:
         _task["models"] = models
 
 
-def model_loaded(models: dict[str, str], seconds: float) -> None:
+def model_loaded(model_id: str, seconds: float) -> None:
+    """A model the process's cache has just loaded (models.cache.ModelCache.on_load)."""
     if _metrics is not None:
-        _metrics.model_load.labels(models.get("stylize", "none")).observe(seconds)
+        _metrics.model_load.labels(model_id).observe(seconds)
 
 
 def stylize_batch(model: str, size: int) -> None:

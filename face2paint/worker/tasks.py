@@ -1,8 +1,13 @@
-"""One Celery task per stage. Each stage records its attempt, writes its own terminal state and
-stops the item's chain itself (Ignore) instead of relying on chain error callbacks.
+"""One Celery task per stage, on one base class (StageTask) that holds the stage and the
+process's resources and runs the frame every stage shares: attempt bookkeeping, errors, retries
+and chain control. Each stage records its attempt, writes its own terminal state and stops the
+item's chain itself (Ignore) instead of relying on chain error callbacks.
 
-Models load lazily on first use inside the worker process, never in the parent of a prefork
-pool, and stay loaded for the life of the process.
+The stage bodies only unpack the artifacts of the stages before, call one pipeline method
+(models/pipeline.py) and pack what it returns. Models load lazily from the process's model
+cache when a stage first needs them (detect: the detector, parse: the parser, stylize: the
+stylizers, finalize: none), inside the pool process, never in the parent of a prefork pool,
+and stay loaded for the life of the process, whatever parameters the jobs ask for.
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import cached_property
 
+from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 
 from ..jobs.db import Item, Job
 from ..jobs.faces import record_faces
@@ -21,13 +29,15 @@ from ..jobs.progress import refresh_job
 from ..jobs.stages import begin_stage, end_stage, fail_item, finish_stage
 from ..jobs.states import STAGES
 from ..jobs.storage import StorageUnavailable
-from ..settings import get_settings
+from ..models.registry import ModelUnavailable
 from . import artifacts, faults, metrics
-from .app import celery_app
-from .context import session_scope, storage
+from .app import TASK_NAMES, celery_app
+from .context import resources, session_scope
 
 log = logging.getLogger("face2paint.worker")
 app = celery_app()
+
+OCTETS = "application/octet-stream"
 
 
 class PermanentError(Exception):
@@ -49,59 +59,217 @@ def is_outage(e: BaseException) -> bool:
     return isinstance(e, DBAPIError) and bool(e.connection_invalidated)
 
 
-def _retry_cap_s() -> int:
-    # Retry countdowns stay well under the broker's visibility timeout (3 x stage timeout): a
-    # worker holds a countdown message unacked, and Redis would hand it out a second time.
-    return max(1, min(30, get_settings().stage_timeout_s // 4))
+# The pipeline role whose model each stage runs (finalize runs none).
+_MODEL_ROLE = {"detect": "detect", "parse": "parse", "stylize": "stylize"}
 
 
-@lru_cache(maxsize=4)
-def pipeline_for(style: str | None, params_items: tuple):
-    from ..models.pipeline import Face2Paint
-    from ..models.types import Params
+@dataclass
+class StageContext:
+    """What a stage body works with: the item, the job's options, the stage's storage handle
+    and the pipeline over the process's model cache."""
 
-    t0 = time.perf_counter()
-    pipe, chosen = Face2Paint.from_registry(style=style, params=Params(**dict(params_items)))
-    metrics.model_loaded(pipe.models, time.perf_counter() - t0)
-    log.info("models loaded: %s", chosen)
-    return pipe
+    job_id: str
+    item_id: str
+    input_key: str
+    filename: str
+    options: dict
+    storage: object
+    models: object  # the process's ModelCache
+
+    @cached_property
+    def params(self):
+        from ..models.types import Params
+
+        try:
+            return Params(**(self.options.get("params") or {}))
+        except TypeError as e:
+            raise PermanentError(f"bad params: {e}") from e
+
+    @cached_property
+    def pipe(self):
+        from ..models.pipeline import Face2Paint
+
+        return Face2Paint(self.models, style=self.options.get("style"))
+
+    @property
+    def face2paint(self) -> bool:
+        return bool(self.options.get("face2paint", True))
+
+    def key(self, stage: str, name: str) -> str:
+        return artifact_key(self.job_id, self.item_id, stage, name)
+
+    def read(self, stage: str, name: str) -> bytes:
+        return self.storage.get_bytes(self.key(stage, name))
 
 
-def _pipeline(options: dict):
-    from ..models.registry import ModelUnavailable
+class StageTask(Task):
+    """Base of the four stage tasks: `stage` is set per task (`@app.task(stage=...)`); the
+    resources (database sessions, storage, model cache) are the pool process's own."""
 
-    try:
-        pipe = pipeline_for(options.get("style"), tuple(sorted((options.get("params") or {}).items())))
-    except (ModelUnavailable, ValueError, TypeError) as e:
-        raise PermanentError(str(e)) from e
-    metrics.note_models(pipe.models)
-    return pipe
+    stage: str = ""
+    # retry(max_retries=None) means "the task's default", after which Celery raises the error
+    # and acks the message; retries are bounded by the attempt cap and OUTAGE_GIVE_UP_S instead.
+    max_retries = None
+    # Retry countdowns: Celery's exponential backoff with full jitter, capped (see backoff_s).
+    retry_backoff = 1
+    retry_jitter = True
 
+    @property
+    def resources(self):
+        return resources()
 
-def _worker_name(task) -> str:
-    return getattr(task.request, "hostname", None) or socket.gethostname()
+    def backoff_s(self, retries: int) -> int:
+        # The cap stays well under the broker's visibility timeout (3 x stage timeout): a
+        # worker holds a countdown message unacked, and Redis would hand it out a second time.
+        cap = max(1, min(30, self.resources.settings.stage_timeout_s // 4))
+        return get_exponential_backoff_interval(self.retry_backoff, retries, cap,
+                                                full_jitter=self.retry_jitter)
 
+    def context(self, row: dict) -> StageContext:
+        res = self.resources
+        storage = faults.at_first_write(res.storage, self.stage, row["item_id"], (row["filename"],))
+        return StageContext(**row, storage=storage, models=res.models)
 
-def _begin(task, stage: str, item_id: str, outage: dict | None):
-    """Start an attempt; (attempt_id, attempt_no, ctx), or None if the task must not run."""
-    if outage and outage.get("attempt"):
-        # The attempt an outage interrupted could not be closed then; close it now, which
-        # also gives it back (an outage is not the input's fault).
+    # --- the frame ------------------------------------------------------------------------
+
+    def run_stage(self, item_id: str, work, outage: dict | None = None) -> None:
+        """Common frame of every stage: attempt bookkeeping, errors, retries, chain control.
+
+        - a PermanentError (or a model that cannot be had) fails the item at once;
+        - an outage (database, storage, broker unreachable) retries with backoff, refunding the
+          attempt, for up to OUTAGE_GIVE_UP_S;
+        - any other error (a library crash, the soft time limit) counts as an attempt and
+          retries until settings.max_attempts, then fails the item with the last error;
+        - a worker killed mid-stage leaves its attempt open; the broker redelivers the task
+          (acks_late + reject_on_worker_lost) and begin_stage counts it, so an input that kills
+          its worker every time stops at the cap.
+        Raising Ignore stops the item's chain; returning lets Celery publish the next stage.
+        """
+        stage = self.stage
+        try:
+            begun = self._begin(item_id, outage)
+        except Exception as e:
+            if is_outage(e):
+                # Still down: carry the interrupted attempt (if any) on to the next try.
+                self._retry_after_outage(item_id, e, outage, (outage or {}).get("attempt"))
+            raise
+        if begun is None:
+            raise Ignore()
+        attempt_id, attempt_no, row = begun
+        job_id = row["job_id"]
+        t0 = time.perf_counter()
+        try:
+            ctx = self.context(row)
+            if stage in _MODEL_ROLE:  # the stage histogram's model label (worker/metrics.py)
+                metrics.note_models({stage: ctx.pipe.choice(_MODEL_ROLE[stage]).model_id})
+            outcome = work(ctx) or {}
+            timings = dict(outcome.get("timings") or {})
+            timings[stage] = round(time.perf_counter() - t0, 4)
+            with session_scope() as s:
+                goes_on = finish_stage(s, attempt_id, timings, output_key=outcome.get("output_key"),
+                                       face_count=outcome.get("face_count"))
+            if not goes_on:
+                raise Ignore()  # a duplicate delivery: the newer attempt publishes the next stage
+            if stage == STAGES[-1]:
+                self._drop_artifacts(job_id, item_id)
+            return
+        except Ignore:
+            raise
+        except (PermanentError, ModelUnavailable) as e:
+            error, permanent = e, True
+        except Exception as e:  # noqa: BLE001 - classified below
+            if is_outage(e):
+                self._retry_after_outage(item_id, e, outage, attempt_id, job_id)
+            error, permanent = e, False
+        try:
+            if permanent:
+                self._finish(attempt_id, "failed", str(error), t0)
+                _fail(item_id, job_id, f"{stage}: {error}")
+                raise Ignore()
+            settings = self.resources.settings
+            if isinstance(error, SoftTimeLimitExceeded):
+                message = (f"timed out after {settings.stage_timeout_s} s "
+                           "(FACE2PAINT_STAGE_TIMEOUT_S)")
+            else:
+                message = f"{type(error).__name__}: {error}"
+            log.warning("stage %s of item %s failed (attempt %d): %s", stage, item_id, attempt_no, message)
+            self._finish(attempt_id, "retry", message, t0)
+            if attempt_no >= settings.max_attempts:
+                _fail(item_id, job_id, f"{stage}: gave up after {attempt_no} attempts; last error: {message}")
+                raise Ignore()
+        except Exception as e:
+            if is_outage(e):
+                self._retry_after_outage(item_id, e, outage, attempt_id, job_id)
+            raise
+        raise self.retry(exc=error, countdown=self.backoff_s(attempt_no))
+
+    def _worker_name(self) -> str:
+        return getattr(self.request, "hostname", None) or socket.gethostname()
+
+    def _begin(self, item_id: str, outage: dict | None):
+        """Start an attempt; (attempt_id, attempt_no, row), or None if the task must not run."""
+        if outage and outage.get("attempt"):
+            # The attempt an outage interrupted could not be closed then; close it now, which
+            # also gives it back (an outage is not the input's fault).
+            with session_scope() as s:
+                end_stage(s, outage["attempt"], "outage", error=outage.get("error"))
         with session_scope() as s:
-            end_stage(s, outage["attempt"], "outage", error=outage.get("error"))
-    with session_scope() as s:
-        attempt = begin_stage(s, item_id, stage, _worker_name(task))
-        if attempt is None:
-            # Terminal, canceled, stale, or over the attempt cap (begin_stage recorded why).
+            attempt = begin_stage(s, item_id, self.stage, self._worker_name())
+            if attempt is None:
+                # Terminal, canceled, stale, or over the attempt cap (begin_stage recorded why).
+                item = s.get(Item, item_id)
+                if item is not None:
+                    refresh_job(s, item.job_id)
+                return None
             item = s.get(Item, item_id)
-            if item is not None:
-                refresh_job(s, item.job_id)
-            return None
-        item = s.get(Item, item_id)
-        job = s.get(Job, item.job_id)
-        ctx = {"job_id": job.id, "item_id": item.id, "input_key": item.input_key,
-               "filename": item.filename, "options": dict(job.options or {})}
-        return attempt.id, attempt.attempt, ctx
+            job = s.get(Job, item.job_id)
+            row = {"job_id": job.id, "item_id": item.id, "input_key": item.input_key,
+                   "filename": item.filename, "options": dict(job.options or {})}
+            return attempt.id, attempt.attempt, row
+
+    def _retry_after_outage(self, item_id, e, outage, attempt_id, job_id=None):
+        stage = self.stage
+        since = (outage or {}).get("since") or time.time()
+        if attempt_id is not None:
+            try:
+                with session_scope() as s:
+                    end_stage(s, attempt_id, "outage", error=repr(e))
+                attempt_id = None
+            except Exception:  # the database is down too: the next try closes it
+                log.debug("could not close attempt %s yet", attempt_id, exc_info=True)
+        waited = time.time() - since
+        if waited > OUTAGE_GIVE_UP_S:
+            reason = (f"{stage}: gave up after {waited / 60:.0f} min of retrying through an outage: {e}. "
+                      "Check the database, storage and broker, then submit the image again")
+            try:
+                _fail(item_id, job_id, reason)
+            except Exception:  # noqa: BLE001 - still down: the sweeper sends the item again later
+                log.error("item %s: %s (could not record it)", item_id, reason)
+            raise Ignore()
+        log.warning("stage %s of item %s hit an outage, retrying: %r", stage, item_id, e)
+        raise self.retry(
+            exc=e, countdown=self.backoff_s(self.request.retries),
+            kwargs={"outage": {"since": since, "attempt": attempt_id, "error": str(e)[:1000]}},
+        )
+
+    def _finish(self, attempt_id, outcome, error, t0):
+        with session_scope() as s:
+            end_stage(s, attempt_id, outcome, error=error,
+                              timings={self.stage: round(time.perf_counter() - t0, 4)})
+
+    def _drop_artifacts(self, job_id: str, item_id: str) -> None:
+        """Once an item has its result, its stage artifacts (several MB per photo) are garbage.
+        Best effort: a leftover costs only space. Failed items keep theirs, for diagnosis. A
+        late duplicate of a stage that finds them gone retries and then stops at the terminal
+        item."""
+        st = self.resources.storage
+        prefix = item_prefix(job_id, item_id)
+        try:
+            for key in st.list(prefix):
+                if key[len(prefix):].split("/", 1)[0] in STAGES:
+                    st.delete(key)
+        except Exception as e:  # noqa: BLE001 - never fail a finished item over clean-up
+            log.warning("could not remove the stage artifacts of item %s: %r", item_id, e)
 
 
 def _fail(item_id: str, job_id: str | None, reason: str) -> None:
@@ -111,260 +279,95 @@ def _fail(item_id: str, job_id: str | None, reason: str) -> None:
             refresh_job(s, job_id or item.job_id)
 
 
-def _retry_after_outage(task, stage, item_id, e, outage, attempt_id, job_id=None):
-    since = (outage or {}).get("since") or time.time()
-    if attempt_id is not None:
-        try:
-            with session_scope() as s:
-                end_stage(s, attempt_id, "outage", error=repr(e))
-            attempt_id = None
-        except Exception:  # the database is down too: the next try closes it
-            log.debug("could not close attempt %s yet", attempt_id, exc_info=True)
-    waited = time.time() - since
-    if waited > OUTAGE_GIVE_UP_S:
-        reason = (f"{stage}: gave up after {waited / 60:.0f} min of retrying through an outage: {e}. "
-                  "Check the database, storage and broker, then submit the image again")
-        try:
-            _fail(item_id, job_id, reason)
-        except Exception:  # noqa: BLE001 - still down: the sweeper sends the item again later
-            log.error("item %s: %s (could not record it)", item_id, reason)
-        raise Ignore()
-    log.warning("stage %s of item %s hit an outage, retrying: %r", stage, item_id, e)
-    raise task.retry(
-        exc=e, countdown=min(_retry_cap_s(), 2 ** task.request.retries),
-        kwargs={"outage": {"since": since, "attempt": attempt_id, "error": str(e)[:1000]}},
-    )
+# --- stages: unpack, one pipeline call, pack -------------------------------------------------
 
 
-def run_stage(task, stage: str, item_id: str, work, outage: dict | None = None) -> None:
-    """Common frame of every stage: attempt bookkeeping, errors, retries, chain control.
-
-    - a PermanentError fails the item at once;
-    - an outage (database, storage, broker unreachable) retries with backoff, refunding the
-      attempt, for up to OUTAGE_GIVE_UP_S;
-    - any other error (a library crash, the soft time limit) counts as an attempt and retries
-      until settings.max_attempts, then fails the item with the last error;
-    - a worker killed mid-stage leaves its attempt open; the broker redelivers the task
-      (acks_late + reject_on_worker_lost) and begin_stage counts it, so an input that kills
-      its worker every time stops at the cap.
-    Raising Ignore stops the item's chain; returning lets Celery publish the next stage.
-    """
-    try:
-        begun = _begin(task, stage, item_id, outage)
-    except Exception as e:
-        if is_outage(e):
-            # Still down: carry the interrupted attempt (if any) on to the next try.
-            _retry_after_outage(task, stage, item_id, e, outage, (outage or {}).get("attempt"))
-        raise
-    if begun is None:
-        raise Ignore()
-    attempt_id, attempt_no, ctx = begun
-    t0 = time.perf_counter()
-    try:
-        outcome = work(ctx) or {}
-        timings = dict(outcome.get("timings") or {})
-        timings[stage] = round(time.perf_counter() - t0, 4)
-        with session_scope() as s:
-            goes_on = finish_stage(s, attempt_id, timings, output_key=outcome.get("output_key"),
-                                   face_count=outcome.get("face_count"))
-        if not goes_on:
-            raise Ignore()  # a duplicate delivery: the newer attempt publishes the next stage
-        if stage == STAGES[-1]:
-            _drop_artifacts(ctx)
-        return
-    except Ignore:
-        raise
-    except PermanentError as e:
-        error, permanent = e, True
-    except Exception as e:  # noqa: BLE001 - classified below
-        if is_outage(e):
-            _retry_after_outage(task, stage, item_id, e, outage, attempt_id, ctx["job_id"])
-        error, permanent = e, False
-    try:
-        if permanent:
-            _finish(attempt_id, "failed", str(error), stage, t0)
-            _fail(item_id, ctx["job_id"], f"{stage}: {error}")
-            raise Ignore()
-        settings = get_settings()
-        if isinstance(error, SoftTimeLimitExceeded):
-            message = (f"timed out after {settings.stage_timeout_s} s "
-                       "(FACE2PAINT_STAGE_TIMEOUT_S)")
-        else:
-            message = f"{type(error).__name__}: {error}"
-        log.warning("stage %s of item %s failed (attempt %d): %s", stage, item_id, attempt_no, message)
-        _finish(attempt_id, "retry", message, stage, t0)
-        if attempt_no >= settings.max_attempts:
-            _fail(item_id, ctx["job_id"],
-                  f"{stage}: gave up after {attempt_no} attempts; last error: {message}")
-            raise Ignore()
-    except Exception as e:
-        if is_outage(e):
-            _retry_after_outage(task, stage, item_id, e, outage, attempt_id, ctx["job_id"])
-        raise
-    raise task.retry(exc=error, countdown=min(_retry_cap_s(), 2 ** attempt_no))
-
-
-def _drop_artifacts(ctx) -> None:
-    """Once an item has its result, its stage artifacts (several MB per photo) are garbage.
-    Best effort: a leftover costs only space. Failed items keep theirs, for diagnosis. A late
-    duplicate of a stage that finds them gone retries and then stops at the terminal item."""
-    st = storage()
-    prefix = item_prefix(ctx["job_id"], ctx["item_id"])
-    try:
-        for key in st.list(prefix):
-            if key[len(prefix):].split("/", 1)[0] in STAGES:
-                st.delete(key)
-    except Exception as e:  # noqa: BLE001 - never fail a finished item over clean-up
-        log.warning("could not remove the stage artifacts of item %s: %r", ctx["item_id"], e)
-
-
-def _finish(attempt_id, outcome, error, stage, t0, timings=None):
-    with session_scope() as s:
-        timings = dict(timings or {})
-        timings[stage] = round(time.perf_counter() - t0, 4)
-        end_stage(s, attempt_id, outcome, error=error, timings=timings)
-
-
-def _load_input(ctx):
+def _load_input(ctx: StageContext):
     from ..models.image_io import ImageError, load_image
 
-    settings = get_settings()
-    data = storage().get_bytes(ctx["input_key"])
+    settings = resources().settings
+    data = ctx.storage.get_bytes(ctx.input_key)
     try:
         return load_image(data, max_side=settings.max_side, max_pixels=settings.max_image_pixels)
     except ImageError as e:
         raise PermanentError(str(e)) from e
 
 
-def _key(ctx, stage, name):
-    return artifact_key(ctx["job_id"], ctx["item_id"], stage, name)
+def _image(ctx: StageContext):
+    return artifacts.npy_array(ctx.read("detect", "image.npy"))
 
 
-# --- stages ---------------------------------------------------------------------------------
+def _faces(ctx: StageContext):
+    from ..models.face import FaceBatch
+
+    if not ctx.face2paint:
+        return ctx.pipe.pack([], ctx.params)
+    return FaceBatch.from_arrays(artifacts.npz_arrays(ctx.read("parse", "faces.npz")))
 
 
-def _detect(ctx):
+def _detect(ctx: StageContext):
     image = _load_input(ctx)
-    options = ctx["options"]
-    faces = []
-    if options.get("face2paint", True):
-        faces = _pipeline(options).detect(image.rgb)
-    st = storage()
-    st.put_bytes(_key(ctx, "detect", "image.npy"), artifacts.npy_bytes(image.rgb), "application/octet-stream")
-    faults.hit("detect", ctx["item_id"], (ctx["filename"],))
-    st.put_bytes(
-        _key(ctx, "detect", "faces.json"),
-        # Full precision: rounded landmarks would shift the alignment and change the output.
-        artifacts.json_bytes({"original_size": list(image.original_size),
-                              "faces": [{"box": list(f.box), "landmarks": f.landmarks.tolist(),
-                                         "score": f.score} for f in faces]}),
-        "application/json",
-    )
+    faces = ctx.pipe.detect(image.rgb) if ctx.face2paint else []
+    ctx.storage.put_bytes(ctx.key("detect", "image.npy"), artifacts.npy_bytes(image.rgb), OCTETS)
+    ctx.storage.put_bytes(ctx.key("detect", "faces.json"),
+                          artifacts.faces_bytes(faces, image.original_size), "application/json")
     with session_scope() as s:
-        record_faces(s, ctx["item_id"], [f.to_dict() for f in faces],
+        record_faces(s, ctx.item_id, [f.to_dict() for f in faces],
                      width=image.original_size[0], height=image.original_size[1])
 
 
-def _read_image(ctx):
-    return artifacts.npy_array(storage().get_bytes(_key(ctx, "detect", "image.npy")))
+def _parse(ctx: StageContext):
+    faces, _ = artifacts.faces_from(ctx.read("detect", "faces.json"))
+    aligned = ctx.pipe.prepare(_image(ctx), faces, ctx.params) if faces else []
+    ctx.storage.put_bytes(ctx.key("parse", "faces.npz"),
+                          artifacts.npz_bytes(**ctx.pipe.pack(aligned, ctx.params).arrays()), OCTETS)
 
 
-def _read_detect(ctx):
-    from ..models.types import Face
-
-    meta = artifacts.json_obj(storage().get_bytes(_key(ctx, "detect", "faces.json")))
-    return _read_image(ctx), [Face.from_dict(d) for d in meta["faces"]], tuple(meta["original_size"])
-
-
-def _parse(ctx):
-    import numpy as np
-
-    rgb, faces, _ = _read_detect(ctx)
-    pipe = _pipeline(ctx["options"])
-    aligned = pipe.prepare(rgb, faces) if faces else []
-    faults.hit("parse", ctx["item_id"], (ctx["filename"],))
-    s = pipe.params.face_size
-    storage().put_bytes(
-        _key(ctx, "parse", "faces.npz"),
-        artifacts.npz_bytes(
-            refined=np.stack([a.refined for a in aligned]) if aligned else np.zeros((0, s, s, 3), np.uint8),
-            mask=np.stack([(a.paste_mask * 255).astype(np.uint8) for a in aligned]) if aligned else np.zeros((0, s, s), np.uint8),
-            inverse=np.stack([a.inverse for a in aligned]) if aligned else np.zeros((0, 2, 3)),
-        ),
-        "application/octet-stream",
-    )
-
-
-def _stylize(ctx):
-    import numpy as np
-
-    rgb = _read_image(ctx)
-    pipe = _pipeline(ctx["options"])
-    parsed = artifacts.npz_arrays(storage().get_bytes(_key(ctx, "parse", "faces.npz")))
+def _stylize(ctx: StageContext):
+    rgb, faces = _image(ctx), _faces(ctx)
+    metrics.stylize_batch(ctx.pipe.choice("stylize").model_id, len(faces))
     t = time.perf_counter()
-    crops = pipe.stylize_crops(list(parsed["refined"]), [pipe.work_size(m) for m in parsed["inverse"]])
+    crops = ctx.pipe.stylize_faces(faces, ctx.params)
     t_faces = time.perf_counter() - t
-    metrics.stylize_batch(pipe.models["stylize"], len(crops))
-    background = pipe.stylize_background(rgb)
-    st = storage()
-    st.put_bytes(_key(ctx, "stylize", "background.npy"), artifacts.npy_bytes(background),
-                 "application/octet-stream")
-    faults.hit("stylize", ctx["item_id"], (ctx["filename"],))
-    st.put_bytes(
-        _key(ctx, "stylize", "faces.npz"),
-        artifacts.npz_bytes(crops=np.stack(crops) if len(crops) else np.zeros((0,) + parsed["refined"].shape[1:], np.uint8)),
-        "application/octet-stream",
-    )
+    background = ctx.pipe.stylize_background(rgb, ctx.params)
+    ctx.storage.put_bytes(ctx.key("stylize", "background.npy"), artifacts.npy_bytes(background), OCTETS)
+    ctx.storage.put_bytes(ctx.key("stylize", "faces.npz"), artifacts.images_npz(crops), OCTETS)
     return {"timings": {"stylize_faces": round(t_faces, 4)}}
 
 
-def _finalize(ctx):
-    from ..models.image_io import resize_to
-    from ..models.paste import compose
-    from ..models.types import Params
-
-    st = storage()
-    meta = artifacts.json_obj(st.get_bytes(_key(ctx, "detect", "faces.json")))
-    out = artifacts.npy_array(st.get_bytes(_key(ctx, "stylize", "background.npy")))
-    options = ctx["options"]
-    face_count = 0
-    if options.get("face2paint", True):
-        parsed = artifacts.npz_arrays(st.get_bytes(_key(ctx, "parse", "faces.npz")))
-        crops = artifacts.npz_arrays(st.get_bytes(_key(ctx, "stylize", "faces.npz")))["crops"]
-        masks = [m.astype("float32") / 255.0 for m in parsed["mask"]]
-        weight = Params(**(options.get("params") or {})).post_sharpen_weight
-        out = compose(out, list(crops), list(parsed["inverse"]), masks, weight)
-        face_count = len(crops)
-    original = tuple(meta["original_size"])
-    if (out.shape[1], out.shape[0]) != original:
-        out = resize_to(out, original)
-    key = result_key(ctx["job_id"], ctx["item_id"])
+def _finalize(ctx: StageContext):
+    _, original_size = artifacts.faces_from(ctx.read("detect", "faces.json"))
+    background = artifacts.npy_array(ctx.read("stylize", "background.npy"))
+    faces = _faces(ctx)
+    crops = artifacts.images_from(ctx.read("stylize", "faces.npz")) if ctx.face2paint else []
+    out = ctx.pipe.finalize(background, faces, crops, original_size, ctx.params, ctx.face2paint)
+    key = result_key(ctx.job_id, ctx.item_id)
     # Deterministic key: a finalize that runs again (its worker died after this write)
     # overwrites the same object, so an item never has two results.
-    st.put_bytes(key, artifacts.png_bytes(out), "image/png")
-    faults.hit("finalize", ctx["item_id"], (ctx["filename"],))
+    ctx.storage.put_bytes(key, artifacts.png_bytes(out), "image/png")
     # run_stage marks the item succeeded when it closes this attempt (one transaction).
-    return {"output_key": key, "face_count": face_count}
+    return {"output_key": key, "face_count": len(faces)}
 
 
-# max_retries=None on the task: retry(max_retries=None) means "the task's default" (3), after
-# which Celery raises the error and acks the message. Retries are bounded by the attempt cap
-# and OUTAGE_GIVE_UP_S instead.
-@app.task(name="face2paint.detect", bind=True, max_retries=None)
+def _task(stage: str):
+    return app.task(name=TASK_NAMES[stage], base=StageTask, bind=True, stage=stage)
+
+
+@_task("detect")
 def detect(self, item_id: str, outage: dict | None = None) -> None:
-    run_stage(self, "detect", item_id, _detect, outage)
+    self.run_stage(item_id, _detect, outage)
 
 
-@app.task(name="face2paint.parse", bind=True, max_retries=None)
+@_task("parse")
 def parse(self, item_id: str, outage: dict | None = None) -> None:
-    run_stage(self, "parse", item_id, _parse, outage)
+    self.run_stage(item_id, _parse, outage)
 
 
-@app.task(name="face2paint.stylize", bind=True, max_retries=None)
+@_task("stylize")
 def stylize(self, item_id: str, outage: dict | None = None) -> None:
-    run_stage(self, "stylize", item_id, _stylize, outage)
+    self.run_stage(item_id, _stylize, outage)
 
 
-@app.task(name="face2paint.finalize", bind=True, max_retries=None)
+@_task("finalize")
 def finalize(self, item_id: str, outage: dict | None = None) -> None:
-    run_stage(self, "finalize", item_id, _finalize, outage)
+    self.run_stage(item_id, _finalize, outage)

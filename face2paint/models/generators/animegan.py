@@ -13,8 +13,6 @@ half_pixel_centers=False); ``upsample="tf"`` reproduces that exactly.
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..sessions import TorchSession
 
 __all__ = [
     "ConvNormLReLU",
@@ -226,47 +226,21 @@ def _pad_reflect(img: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
     return img, h, w
 
 
-_threads_lock = threading.Lock()
-_threads_set = False
-
-
-def _set_cpu_threads(num_threads: int | None) -> None:
-    """torch's default is the host's physical core count, which oversubscribes a CPU-limited
-    container; cap intra-op threads at the CPUs this process may actually run on. Process-wide,
-    so done once unless a caller asks for a specific number."""
-    global _threads_set
-    with _threads_lock:
-        if num_threads is not None:
-            torch.set_num_threads(max(1, int(num_threads)))
-            _threads_set = True
-        elif not _threads_set:
-            try:
-                avail = len(os.sched_getaffinity(0))
-            except AttributeError:  # not on Linux
-                avail = os.cpu_count() or 1
-            if torch.get_num_threads() > avail:
-                torch.set_num_threads(avail)
-            _threads_set = True
-
-
 class AnimeGANStylizer:
-    """numpy RGB uint8 in, numpy RGB uint8 of the same size out."""
+    """numpy RGB uint8 in, numpy RGB uint8 of the same size out. The session holds the
+    generator on its device and float type (sessions.TorchSession)."""
 
     # Two stride-2 stages: sides that are multiples of 4 downsample and upsample exactly, so
     # every upsampling mode returns the input size and no half-pixel drift accumulates.
     pad_multiple = 4
 
-    def __init__(self, generator: nn.Module, model_id: str, device="cpu",
-                 dtype: torch.dtype = torch.float32, num_threads: int | None = None,
-                 max_batch: int = 8):
+    def __init__(self, session: TorchSession, model_id: str, max_batch: int = 8):
         self.model_id = model_id
-        self.device = torch.device(device)
-        self.dtype = dtype
+        self.session = session
+        self.generator = session.module
+        self.device = session.device
+        self.dtype = session.dtype
         self.max_batch = max(1, int(max_batch))
-        if self.device.type == "cpu":
-            _set_cpu_threads(num_threads)
-        self.generator = generator.to(device=self.device, dtype=dtype).eval()
-        self.generator.requires_grad_(False)
 
     @staticmethod
     def _check(img: np.ndarray) -> None:

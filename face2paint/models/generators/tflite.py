@@ -1,4 +1,6 @@
-"""Runtimes for image-to-image generators exported to TFLite or ONNX (no torch needed).
+"""Image-to-image generators exported to TFLite or ONNX (no torch needed), over the runtime
+sessions of `models.sessions`; colour order, fixed size and pad multiple come from the model's
+registry entry (see `loaders`).
 
 Both take an RGB uint8 (H, W, 3) array and return one of the same size. The network sees
 x / 127.5 - 1 in the colour order it was trained on and returns tanh output, mapped back with
@@ -20,9 +22,10 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from math import gcd
-from pathlib import Path
 
 import numpy as np
+
+from ..sessions import LiteRTSession, OrtSession
 
 __all__ = ["TFLiteGenerator", "OnnxGenerator", "TFLiteGraph"]
 
@@ -219,17 +222,16 @@ class TFLiteGenerator(_ImageGenerator):
 
     _RESIZE_OPS = ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR")
 
-    def __init__(self, path, model_id: str, color: str = "RGB", size: int | None = None,
-                 num_threads: int = 2, pad_multiple: int = 8, max_cached: int = 4):
-        self.path = Path(path)
-        self.num_threads = int(num_threads)
+    def __init__(self, session: LiteRTSession, model_id: str, color: str = "RGB",
+                 size: int | None = None, pad_multiple: int = 8, max_cached: int = 4):
+        self.session = session
         self.max_cached = max(1, int(max_cached))
-        self._bytes = self.path.read_bytes()
+        self._bytes = session.model_bytes
         graph = TFLiteGraph(self._bytes)
         self._in_idx, self._out_idx = graph.inputs[0], graph.outputs[0]
         in_shape = graph.shape(self._in_idx)
         if len(in_shape) != 4 or in_shape[3] != 3:
-            raise ValueError(f"{self.path}: expected an NHWC RGB input, got {in_shape}")
+            raise ValueError(f"{model_id}: expected an NHWC RGB input, got {in_shape}")
         self._base_hw = (in_shape[1], in_shape[2])
         # Constant output sizes of upsampling ops: (byte offset, (h, w)) -> rescaled per size.
         self._size_consts: list[tuple[int, tuple[int, int]]] = []
@@ -266,12 +268,9 @@ class TFLiteGenerator(_ImageGenerator):
         if it is not None:
             self._cache.move_to_end((h, w))
             return it
-        from ai_edge_litert.interpreter import Interpreter
-
-        it = Interpreter(model_content=self._model_for(h, w), num_threads=self.num_threads)
-        if (h, w) != self._base_hw:
-            it.resize_tensor_input(self._in_idx, [1, h, w, 3], strict=False)
-        it.allocate_tensors()
+        resized = (h, w) != self._base_hw
+        it = self.session.interpreter(self._model_for(h, w), [1, h, w, 3] if resized else None,
+                                      self._in_idx)
         self._cache[(h, w)] = it
         while len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
@@ -310,27 +309,22 @@ class TFLiteGenerator(_ImageGenerator):
 
 
 class OnnxGenerator(_ImageGenerator):
-    """ONNX Runtime image-to-image generator; NCHW or NHWC taken from the input's shape."""
+    """ONNX Runtime image-to-image generator; NCHW or NHWC taken from the input's shape, the
+    input's float type (float32 or float16) from the graph."""
 
-    def __init__(self, path, model_id: str, color: str = "RGB", size: int | None = None,
-                 num_threads: int = 2, pad_multiple: int = 8):
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(num_threads)
-        opts.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(self.path), opts,
-                                             providers=["CPUExecutionProvider"])
-        inp = self._session.get_inputs()[0]
+    def __init__(self, session: OrtSession, model_id: str, color: str = "RGB",
+                 size: int | None = None, pad_multiple: int = 8):
+        self._session = session
+        inp = session.get_inputs()[0]
         shape = list(inp.shape)
         if len(shape) != 4 or 3 not in (shape[1], shape[3]):
-            raise ValueError(f"{self.path}: expected a 4-D image input, got {shape}")
+            raise ValueError(f"{model_id}: expected a 4-D image input, got {shape}")
         self._nchw = shape[1] == 3
         hw = shape[2:4] if self._nchw else shape[1:3]
         self._dynamic = not all(isinstance(d, int) and d > 0 for d in hw)
         self._hw = (512, 512) if self._dynamic else (int(hw[0]), int(hw[1]))
         self._in_name = inp.name
+        self._in_dtype = session.input_dtype()
         super().__init__(model_id, color, size, pad_multiple)
 
     def _native_hw(self) -> tuple[int, int]:
@@ -341,6 +335,7 @@ class OnnxGenerator(_ImageGenerator):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self._nchw:
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            x = x.transpose(0, 3, 1, 2)
+        x = np.ascontiguousarray(x, dtype=self._in_dtype)
         y = self._session.run(None, {self._in_name: x})[0].astype(np.float32)
         return y.transpose(0, 2, 3, 1) if self._nchw else y

@@ -1,0 +1,243 @@
+"""The face round trip, in one place: select -> align -> (parse, refine) -> work size -> (stylize)
+-> inverse warp -> paste mask -> compose.
+
+`FaceHelper` owns the geometry and the compositing of the recipe, for one set of `Params`; the
+networks are injected where they run (the parser by the pipeline's prepare step, the face
+stylizer into `stylize`), as in facexlib's FaceRestoreHelper. What crosses from the parse stage
+to stylization and paste-back is a `FaceBatch`: the refined crops, their inverse transforms and
+their paste masks, as arrays, so the job system stores it as it is and the in-process pipeline
+and the worker stages compose the same numbers.
+
+The transform maths (template, similarity fit) is in align.py; region labels in parse.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .align import canonical_template, eye_distance, invert, similarity_transform, transform_points
+from .parse import FACE_LABELS, label_mask
+from .types import AlignedFace, Face, Params
+
+
+def align_face(image: np.ndarray, face: Face, size: int = 512) -> AlignedFace:
+    """Warp one face of an RGB image into the canonical size x size crop.
+
+    Pixels outside the photo (faces at its borders) are filled by reflection so the networks
+    see plausible context; paste-back only writes inside the photo, so they never show.
+    """
+    matrix = similarity_transform(face.landmarks, canonical_template(size))
+    crop = cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101
+    )
+    return AlignedFace(
+        face=face,
+        crop=crop,
+        matrix=matrix,
+        inverse=invert(matrix),
+        landmarks=transform_points(face.landmarks, matrix),
+    )
+
+
+def paste_mask(labels: np.ndarray) -> np.ndarray:
+    """Face + hair, dilated a little and feathered, falling to exactly 0 before the crop border.
+
+    The dilation covers the parser's slightly tight outlines and the thin edge between face and
+    hair; the feather hides the seam in the stylized background; the border window guarantees
+    that the warped crop's own edge (and reflected fill beyond the photo) never shows.
+    """
+    h, w = labels.shape
+    s = min(h, w)
+    region = label_mask(labels, FACE_LABELS + ("hair",))
+    # Dilate by 2.5 sigma of the feather, so the face outline itself is pasted at >= 0.99 and
+    # the whole feather lies outside it (where face crop and background are both stylized).
+    sigma = max(1.0, 0.012 * s)
+    k = 2 * int(round(2.5 * sigma)) + 1
+    region = cv2.dilate(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    margin = int(np.ceil(3 * sigma)) + 1
+    # Clear a band along the border before feathering, so the blur has room to reach 0 ...
+    region[:margin] = 0
+    region[-margin:] = 0
+    region[:, :margin] = 0
+    region[:, -margin:] = 0
+    soft = cv2.GaussianBlur(region.astype(np.float32), (0, 0), sigma)
+    # ... and multiply by a window that is exactly 0 on the outermost pixels (blur tails).
+    edge = max(2, margin // 2)
+    ramp_y = np.clip(np.minimum(np.arange(h), h - 1 - np.arange(h)) / edge, 0, 1)
+    ramp_x = np.clip(np.minimum(np.arange(w), w - 1 - np.arange(w)) / edge, 0, 1)
+    soft *= np.outer(ramp_y, ramp_x).astype(np.float32)
+    return np.clip(soft, 0.0, 1.0)
+
+
+def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(mask, np.float32) * 255.0).astype(np.uint8)
+
+
+def mask_from_uint8(mask: np.ndarray) -> np.ndarray:
+    return mask.astype(np.float32) / 255.0
+
+
+def paste_face(
+    background: np.ndarray, face: np.ndarray, inverse: np.ndarray, mask: np.ndarray
+) -> np.ndarray:
+    """Warp a stylized S x S face crop back into the background through a feathered mask.
+
+    Only the face's bounding rectangle in the image is warped and blended, so many faces on a
+    large photo cost little; faces cut by the image border are clipped to it.
+    """
+    h, w = background.shape[:2]
+    s = face.shape[0]
+    corners = np.array([[0, 0], [s, 0], [0, s], [s, s]], dtype=np.float64)
+    pts = corners @ inverse[:, :2].T + inverse[:, 2]
+    x0, y0 = np.floor(pts.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(pts.max(axis=0)).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 <= x0 or y1 <= y0:
+        return background
+    shifted = inverse.copy()
+    shifted[:, 2] -= (x0, y0)
+    size = (x1 - x0, y1 - y0)
+    warped = cv2.warpAffine(face, shifted, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101)
+    alpha = cv2.warpAffine(mask.astype(np.float32), shifted, size, flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)[..., None]
+    out = background.copy()
+    roi = out[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = np.clip(roi * (1 - alpha) + warped.astype(np.float32) * alpha + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def unsharp(image: np.ndarray, weight: float, sigma: float = 1.2) -> np.ndarray:
+    """Unsharp mask: image + weight * (image - blur). weight 0 returns the image unchanged."""
+    if weight <= 0:
+        return image
+    blurred = cv2.GaussianBlur(image, (0, 0), sigma)
+    return cv2.addWeighted(image, 1 + weight, blurred, -weight, 0)
+
+
+def match_colour(face: np.ndarray, background: np.ndarray, inverse: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Shift the stylized face's chroma (Lab a, b means under the mask) onto the stylized
+    background's in the same region, so a face stylized on its own (where the generator may pick
+    another tint, e.g. on grey or masked faces) shows no colour seam. Lightness and structure are
+    the face pass's own."""
+    s = face.shape[0]
+    weight = mask.astype(np.float32)
+    total = float(weight.sum())
+    if total < 1:
+        return face
+    matrix = cv2.invertAffineTransform(inverse)
+    under = cv2.warpAffine(background, matrix, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    lab_face = cv2.cvtColor(face, cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab_bg = cv2.cvtColor(under, cv2.COLOR_RGB2LAB).astype(np.float32)
+    for c in (1, 2):
+        shift = ((lab_bg[..., c] - lab_face[..., c]) * weight).sum() / total
+        lab_face[..., c] += shift
+    return cv2.cvtColor(np.clip(lab_face, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def compose(
+    background: np.ndarray,
+    faces: list[np.ndarray],
+    inverses: list[np.ndarray],
+    masks: list[np.ndarray],
+    sharpen_weight: float,
+) -> np.ndarray:
+    """Paste every stylized face (colour-matched) into the stylized background, then sharpen."""
+    out = background
+    for face, inverse, mask in zip(faces, inverses, masks):
+        out = paste_face(out, match_colour(face, background, inverse, mask), inverse, mask)
+    return unsharp(out, sharpen_weight)
+
+
+@dataclass
+class FaceBatch:
+    """The prepared faces of one photo, as the later stages need them.
+
+    refined: (N, S, S, 3) uint8, the generator's inputs; inverse: (N, 2, 3) float64, crop ->
+    image; mask: (N, S, S) uint8, the paste masks in steps of 1/255 (their exact representation
+    everywhere, so storing them loses nothing).
+    """
+
+    refined: np.ndarray
+    inverse: np.ndarray
+    mask: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.refined)
+
+    @classmethod
+    def from_aligned(cls, aligned: list[AlignedFace], size: int) -> "FaceBatch":
+        if not aligned:
+            return cls(np.zeros((0, size, size, 3), np.uint8), np.zeros((0, 2, 3)),
+                       np.zeros((0, size, size), np.uint8))
+        return cls(np.stack([a.refined for a in aligned]), np.stack([a.inverse for a in aligned]),
+                   np.stack([mask_to_uint8(a.paste_mask) for a in aligned]))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"refined": self.refined, "inverse": self.inverse, "mask": self.mask}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "FaceBatch":
+        return cls(arrays["refined"], arrays["inverse"], arrays["mask"])
+
+
+class FaceHelper:
+    """The recipe's face geometry and compositing for one set of parameters."""
+
+    def __init__(self, params: Params | None = None):
+        self.params = params or Params()
+
+    def select(self, faces: list[Face]) -> list[Face]:
+        """Faces confident and large enough for the recipe; the rest are left to the
+        background pass (no confident human face means the image is stylized whole)."""
+        p = self.params
+        return [f for f in faces
+                if f.score >= p.alignment_threshold and eye_distance(f) >= p.min_face_eye_distance]
+
+    def align(self, rgb: np.ndarray, face: Face) -> AlignedFace:
+        return align_face(rgb, face, self.params.face_size)
+
+    def paste_mask(self, labels: np.ndarray) -> np.ndarray:
+        """The feathered paste mask of a parsed crop, float32 in steps of 1/255 (see FaceBatch)."""
+        return mask_from_uint8(mask_to_uint8(paste_mask(labels)))
+
+    def batch(self, aligned: list[AlignedFace]) -> FaceBatch:
+        return FaceBatch.from_aligned(aligned, self.params.face_size)
+
+    def work_size(self, inverse: np.ndarray) -> int:
+        """The size to stylize a face crop at: the face's own resolution in the photo, rounded
+        up to face_min_size times a power of two, at most face_size. A face 60 px wide gains
+        nothing from a 512² generator pass but costs 16 times a 128² one; few distinct sizes
+        keep generators that compile per input size (TFLite) from recompiling."""
+        crop_px_per_image_px = 1.0 / float(np.hypot(*inverse[0, :2]))
+        native = self.params.face_size / crop_px_per_image_px
+        size = self.params.face_min_size
+        while size < native and size < self.params.face_size:
+            size *= 2
+        return min(size, self.params.face_size)
+
+    def stylize(self, faces: FaceBatch, generator) -> list[np.ndarray]:
+        """The refined crops through the generator at their work sizes, batched per size where
+        the generator supports batches; returned at the crops' own size for paste-back."""
+        crops = list(faces.refined)
+        if not crops:
+            return []
+        sizes = [self.work_size(m) for m in faces.inverse]
+        out: list[np.ndarray | None] = [None] * len(crops)
+        batch = getattr(generator, "batch", None)
+        for size in sorted(set(sizes)):
+            idx = [i for i, s in enumerate(sizes) if s == size]
+            small = [c if c.shape[0] == size else cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA)
+                     for c in (crops[i] for i in idx)]
+            done = list(batch(small)) if batch else [generator(c) for c in small]
+            for i, d in zip(idx, done):
+                s = crops[i].shape[0]
+                out[i] = d if d.shape[0] == s else cv2.resize(d, (s, s), interpolation=cv2.INTER_CUBIC)
+        return out  # type: ignore[return-value]
+
+    def compose(self, background: np.ndarray, faces: FaceBatch, crops: list[np.ndarray]) -> np.ndarray:
+        """Paste the stylized crops back through their masks, then the recipe's sharpening."""
+        return compose(background, list(crops), list(faces.inverse),
+                       [mask_from_uint8(m) for m in faces.mask], self.params.post_sharpen_weight)

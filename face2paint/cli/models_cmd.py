@@ -1,4 +1,4 @@
-"""`face2paint models list|verify|pull|convert-hayao`."""
+"""`face2paint models list|verify|pull|convert-hayao|convert-coreml`."""
 
 from __future__ import annotations
 
@@ -19,10 +19,14 @@ def list_models() -> None:
     from ..models.registry import PREFERENCE, Registry
 
     reg = Registry()
-    table = Table("id", "stage", "runtime", "file", "where", "licence")
+    table = Table("id", "stage", "runtime", "file", "where", "use", "licence")
     for row in reg.status():
-        table.add_row(row["id"], row["stage"], row["runtime"], row["file"], row["where"], row["licence"])
+        use = row["licence_class"]
+        table.add_row(row["id"], row["stage"], row["runtime"], row["file"], row["where"],
+                      f"[red]{use}[/red]" if row["commercial_use"] is False else use, row["licence"])
     console.print(table)
+    console.print("[red]non-commercial[/red]: the weights' licence forbids commercial use; "
+                  "check each licence before you deploy.")
     for stage in PREFERENCE:
         console.print(f"default {stage}: [bold]{reg.default(stage).id}[/bold]")
 
@@ -42,8 +46,12 @@ def verify() -> None:
                 console.print(f"[dim]{spec.id}: not present[/dim]")
                 continue
             if spec.stage in ("detect", "parse", "stylize"):
-                loaders.build(found)
-            what = "sha256 ok, loads" if spec.sha256 else "loads"
+                built = getattr(loaders.build(found), "model_id", spec.id)
+                if built != spec.id:  # a loader that substitutes another model is a failure
+                    raise RuntimeError(f"loads as {built}, not as itself: no loader runs "
+                                       f"{spec.runtime} {spec.stage} models yet")
+            what = ("sha256 ok, loads" if spec.sha256 else "git blob ok, loads" if spec.git_blob
+                    else "converted from a verified source, loads" if spec.converted_from else "loads")
             console.print(f"[green]{spec.id}[/green]: {what} ({found.path or found.source})")
         except (ModelUnavailable, ValueError, RuntimeError, OSError) as e:
             bad += 1
@@ -80,3 +88,23 @@ def convert_hayao(
 
     main(tflite, out)
     console.print(f"wrote {out}")
+
+
+@app.command("convert-coreml")
+def convert_coreml(
+    mlmodel: Annotated[Path, typer.Argument(help="An AnimeGANv3 tiny .mlmodel (CoreML NeuralNetwork).")],
+    out: Annotated[Path, typer.Argument(help="Where to write the ONNX model (.onnx).")],
+) -> None:
+    """Rewrite an AnimeGANv3 tiny CoreML model as ONNX: weights unchanged, fp32, NHWC RGB
+    x / 127.5 - 1 in, tanh out, any H and W that are multiples of 16."""
+    from ..models.coreml_to_onnx import CoreMLConversionError, convert
+    from .inputs import fail
+
+    if not mlmodel.is_file():
+        fail(f"{mlmodel} does not exist; pass the path of a .mlmodel file")
+    try:
+        done = convert(mlmodel, out)
+    except (CoreMLConversionError, OSError) as e:
+        fail(f"cannot convert {mlmodel}: {e}")
+    console.print(f"wrote {out}: {done.layers} CoreML layers, {done.parameters} parameters, "
+                  f"sha256 {done.sha256} (source sha256 {done.source_sha256})")

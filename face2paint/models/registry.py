@@ -432,7 +432,10 @@ class Registry:
         folders = [f for f in (self.model_dir, self.cache_dir) if f is not None]
         for path in [Path(f) / rel for f in folders for rel in (src.file, Path(src.file).name)]:
             if path.is_file():
-                if sha256_file(path) != src.sha256:
+                key = path.resolve()
+                if key not in self._verified:
+                    self._verified[key] = sha256_file(path) == src.sha256
+                if not self._verified[key]:
                     raise ModelUnavailable(
                         f"{path} does not match the sha256 recorded for the source of {spec.id} "
                         f"({src.sha256}); replace it with `face2paint models pull {spec.id}`")

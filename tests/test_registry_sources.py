@@ -22,7 +22,7 @@ from face2paint.models import registry as reg_mod
 from face2paint.models.registry import BY_ID, MODELS, ModelUnavailable, Registry
 from face2paint.models.verified_files import git_blob_id, read_record
 from face2paint.settings import Settings
-from tests.helpers import aligned_face, model_dir
+from tests.helpers import aligned_face, corrupted_copy, model_dir
 from tests.test_registry import http_server  # noqa: F401 - the local HTTP server fixture
 
 V3_IDS = {
@@ -124,16 +124,11 @@ def test_corrupted_conversion_is_redone_and_a_corrupted_source_refused(tmp_path)
     r = make(tmp_path, model_dir())
     path = r.resolve("animeganv3-comic").path
     good = path.read_bytes()
-    data = bytearray(good)
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    corrupted_copy(path, path)
     assert make(tmp_path, model_dir()).resolve("animeganv3-comic").path.read_bytes() == good
 
     bad_dir = tmp_path / "bad-models" / "coreml"
-    bad_dir.mkdir(parents=True)
-    raw = bytearray(src.read_bytes())
-    raw[1000] ^= 0xFF
-    (bad_dir / src.name).write_bytes(bytes(raw))
+    corrupted_copy(src, bad_dir / src.name, offset=1000)
     other = Registry(Settings(home=tmp_path / "home2", model_dir=bad_dir.parent))
     with pytest.raises(ModelUnavailable, match="does not match the sha256 recorded for the source"):
         other.resolve("animeganv3-comic")

@@ -2,7 +2,9 @@
 
 A file resolves from the model directory (FACE2PAINT_MODEL_DIR), then from weights shipped
 inside an installed package, then from the local cache that `face2paint models pull` fills
-from the source URL (verified by sha256 before use). Defaults pick, per stage, the first
+from the source URL (verified by sha256, or by git blob id where no sha256 is published,
+before use). A model published in another format (the AnimeGANv3 tiny styles, CoreML) resolves
+to the file converted from its verified source into the cache (verified_files.py). Defaults pick, per stage, the first
 model in the stage's preference order that is available without a download, and say so.
 A model asked for by id never falls back to another.
 """
@@ -466,8 +468,11 @@ class Registry:
         if done.source_sha256 != spec.converted_from.sha256:  # changed while converting
             target.unlink(missing_ok=True)
             raise ModelUnavailable(f"{source} changed while {spec.id} was converted from it")
-        verified_files.write_record(target, {**self._conversion_record(spec), "sha256": done.sha256,
-                                             "source": str(source)})
+        try:
+            verified_files.write_record(target, {**self._conversion_record(spec),
+                                                 "sha256": done.sha256, "source": str(source)})
+        except OSError as e:
+            raise ModelUnavailable(f"{spec.id}: cannot record the conversion beside {target}: {e}") from e
         return target
 
     def resolve(self, model_id: str) -> Resolved:

@@ -4,8 +4,9 @@ A file resolves from the model directory (FACE2PAINT_MODEL_DIR), then from weigh
 inside an installed package, then from the local cache that `face2paint models pull` fills
 from the source URL (verified by sha256, or by git blob id where no sha256 is published,
 before use). A model published in another format (the AnimeGANv3 tiny styles, CoreML) resolves
-to the file converted from its verified source into the cache (verified_files.py). Defaults pick, per stage, the first
-model in the stage's preference order that is available without a download, and say so.
+to the file converted from its verified source into the cache (verified_files.py). Defaults
+pick, per stage, the first model in the stage's preference order that is available without a
+download, and say so.
 A model asked for by id never falls back to another.
 """
 

@@ -68,3 +68,20 @@ def bisenet():
     if not path.is_file():
         pytest.skip(f"{BISENET} not in FACE2PAINT_MODEL_DIR")
     return BiSeNetParser(open_session("tflite", path), "bisenetv2-celebamaskhq-448-int8")
+
+
+def corrupted_copy(src: Path, dst: Path, offset: int | None = None) -> Path:
+    """A copy of a model file with one byte flipped (the middle one by default)."""
+    data = bytearray(Path(src).read_bytes())
+    data[len(data) // 2 if offset is None else offset] ^= 0xFF
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
+def run_python(code: str, timeout: float = 120):
+    """Run `code` in a fresh interpreter (a clean sys.modules); the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)

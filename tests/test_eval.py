@@ -116,6 +116,9 @@ def test_eval_command_smoke(tmp_path):
                 m = face[mode]
                 # Every reference face has an NLE, or is marked lost (and so distorted).
                 assert (m["nle"] is not None and m["found"]) or (not m["found"] and m["distorted"])
+                # Identity and skin tone of every face (the eval extra is part of dev).
+                assert 0 <= m["identity"] < 2 and isinstance(m["same_person"], bool)
+                assert m["skin_de"] is None or m["skin_de"] >= 0
     assert by_file["sk_astronaut.png"]["n_reference"] == 1
     assert by_file["sk_coffee.png"]["n_reference"] == 0
     overall = report["summary"]["overall"]
@@ -123,8 +126,13 @@ def test_eval_command_smoke(tmp_path):
     assert overall["faces"] == sum(r["n_reference"] for r in by_file.values())
     assert {"single_frontal", "glasses", "multiple_faces", "no_face"} <= set(report["summary"]["per_case"])
 
+    assert overall["with"]["mean_identity"] is not None and overall["with"]["median_skin_de"] is not None
+    astro = by_file["sk_astronaut.png"]["faces"][0]
+    # The default stylizer keeps the astronaut recognisable with the recipe.
+    assert astro["with"]["same_person"]
+
     summary = (out / "summary.md").read_text()
-    assert "## Per case" in summary
+    assert "## Per case" in summary and "skin tone CIEDE2000" in summary
     assert "| glasses |" in summary and "| no_face |" in summary
 
     with Image.open(out / "contact_sheet.jpg") as sheet:

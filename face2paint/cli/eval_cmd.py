@@ -49,6 +49,11 @@ def evaluate(
     for stage, how in chosen.items():
         console.print(f"[bold]{stage}[/bold]: {how}")
     console.print(f"manifest: {manifest or 'none (no per-case breakdown)'}")
+    from ..tools.face_metrics import load_face_metrics
+
+    face_metrics, why_not = load_face_metrics(pipe.parser)
+    if face_metrics is None:
+        console.print(f"[yellow]identity and skin tone not measured[/yellow]: {why_not}")
 
     settings = get_settings()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -59,7 +64,7 @@ def evaluate(
             progress.update(task, completed=done, description=f"evaluating {name}".rstrip())
 
         report = ev.evaluate(files, pipe, cases, out, on_progress, max_side=settings.max_side,
-                             max_pixels=settings.max_image_pixels)
+                             max_pixels=settings.max_image_pixels, face_metrics=face_metrics)
 
     o = report["summary"]["overall"]
     w, f = o["without"], o["with"]
@@ -76,6 +81,10 @@ def evaluate(
                   f"ratio with/without {num(o['distortion_ratio'], 2)}")
     console.print(f"mean NLE: without {num(w['mean_nle'])}, with {num(f['mean_nle'])}; "
                   f"face SSIM: without {num(w['mean_ssim'])}, with {num(f['mean_ssim'])}")
+    if face_metrics is not None:
+        console.print(f"same person: without {pct(w['same_person_rate'])}, with "
+                      f"{pct(f['same_person_rate'])}; skin tone CIEDE2000 median: without "
+                      f"{num(w['median_skin_de'], 1)}, with {num(f['median_skin_de'], 1)}")
     console.print(f"time per image: without {num(w['time_per_image_s'], 2)} s, "
                   f"with {num(f['time_per_image_s'], 2)} s "
                   f"(face2paint overhead {num(o['overhead_pct'], 1)}%)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from . import eval_cmd, models_cmd, pipeline_cmd, service_cmd
+from . import eval_cmd, models_cmd, pipeline_cmd, service_cmd, styles_cmd
 
 app = typer.Typer(
     help="face2paint: photos in, anime-style portraits out, faces kept intact.",
@@ -17,6 +17,7 @@ app.command("stylize")(pipeline_cmd.stylize)
 app.command("detect")(pipeline_cmd.detect)
 app.command("eval")(eval_cmd.evaluate)
 app.add_typer(models_cmd.app, name="models", help="List, verify, download and convert model weights.")
+app.add_typer(styles_cmd.app, name="styles", help="List the style presets and whether they can run here.")
 app.command("up")(service_cmd.up)
 app.command("api")(service_cmd.api)
 app.command("worker")(service_cmd.worker)

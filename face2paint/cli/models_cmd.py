@@ -1,4 +1,4 @@
-"""`face2paint models list|verify|pull|convert-hayao`."""
+"""`face2paint models list|verify|pull|convert-hayao|convert-coreml`."""
 
 from __future__ import annotations
 
@@ -19,10 +19,14 @@ def list_models() -> None:
     from ..models.registry import PREFERENCE, Registry
 
     reg = Registry()
-    table = Table("id", "stage", "runtime", "file", "where", "licence")
+    table = Table("id", "stage", "runtime", "file", "where", "use", "licence")
     for row in reg.status():
-        table.add_row(row["id"], row["stage"], row["runtime"], row["file"], row["where"], row["licence"])
+        use = row["licence_class"]
+        table.add_row(row["id"], row["stage"], row["runtime"], row["file"], row["where"],
+                      f"[red]{use}[/red]" if row["commercial_use"] is False else use, row["licence"])
     console.print(table)
+    console.print("[red]non-commercial[/red]: the weights' licence forbids commercial use; "
+                  "check each licence before you deploy.")
     for stage in PREFERENCE:
         console.print(f"default {stage}: [bold]{reg.default(stage).id}[/bold]")
 
@@ -41,9 +45,17 @@ def verify() -> None:
             if found is None:
                 console.print(f"[dim]{spec.id}: not present[/dim]")
                 continue
+            what = ("sha256 ok" if spec.sha256 else "git blob ok" if spec.git_blob
+                    else "converted from a verified source" if spec.converted_from else "")
             if spec.stage in ("detect", "parse", "stylize"):
-                loaders.build(found)
-            what = "sha256 ok, loads" if spec.sha256 else "loads"
+                built = getattr(loaders.build(found), "model_id", spec.id)
+                if built != spec.id:
+                    # The stage's loader put another model in its place: say so, never "loads".
+                    console.print(f"[yellow]{spec.id}[/yellow]: {what or 'present'}, but the "
+                                  f"{spec.stage} stage cannot run {spec.runtime} models yet "
+                                  f"(it built {built}) ({found.path or found.source})")
+                    continue
+                what = f"{what}, loads" if what else "loads"
             console.print(f"[green]{spec.id}[/green]: {what} ({found.path or found.source})")
         except (ModelUnavailable, ValueError, RuntimeError, OSError) as e:
             bad += 1
@@ -80,3 +92,23 @@ def convert_hayao(
 
     main(tflite, out)
     console.print(f"wrote {out}")
+
+
+@app.command("convert-coreml")
+def convert_coreml(
+    mlmodel: Annotated[Path, typer.Argument(help="An AnimeGANv3 tiny .mlmodel (CoreML NeuralNetwork).")],
+    out: Annotated[Path, typer.Argument(help="Where to write the ONNX model (.onnx).")],
+) -> None:
+    """Rewrite an AnimeGANv3 tiny CoreML model as ONNX: weights unchanged, fp32, NHWC RGB
+    x / 127.5 - 1 in, tanh out, any H and W that are multiples of 16."""
+    from ..models.coreml_to_onnx import CoreMLConversionError, convert
+    from .inputs import fail
+
+    if not mlmodel.is_file():
+        fail(f"{mlmodel} does not exist; pass the path of a .mlmodel file")
+    try:
+        done = convert(mlmodel, out)
+    except (CoreMLConversionError, OSError) as e:
+        fail(f"cannot convert {mlmodel}: {e}")
+    console.print(f"wrote {out}: {done.layers} CoreML layers, {done.parameters} parameters, "
+                  f"sha256 {done.sha256} (source sha256 {done.source_sha256})")

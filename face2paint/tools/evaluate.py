@@ -7,8 +7,10 @@ the five landmarks are detected again on each stylized output and compared with 
 - normalised landmark error (NLE): mean over the 5 points of |p_out - p_in| / inter-ocular
   distance of the input face;
 - distorted: NLE > 0.1, or the face is no longer found on the output ("lost");
-- structure: SSIM of luminance on the input face box (Gaussian windows, OpenCV/numpy only:
-  scikit-image is not a runtime dependency).
+- structure: SSIM of luminance on the input face box (Gaussian windows, OpenCV/numpy only);
+- identity and skin tone, when the eval extra is installed (face_metrics.py): dlib face
+  descriptor distance between input and output (the same person below 0.6) and CIEDE2000 of
+  the mean skin colour under the parser's skin mask.
 
 Input and outputs are compared at the same (capped) resolution, so coordinates agree. The
 result is a plain dict (also written as report.json), a Markdown summary and a contact sheet.
@@ -182,6 +184,7 @@ def evaluate(
     warmup: bool = True,
     row_height: int = 256,
     params: Params | None = None,
+    face_metrics=None,
 ) -> dict:
     """Run `pipe` on every image with and without face2paint; write report.json, summary.md,
     contact_sheet.jpg and faces_sheet.jpg to out_dir; return the report.
@@ -215,7 +218,8 @@ def evaluate(
             records.append(rec)
             continue
         try:
-            rec.update(_evaluate_image(image, pipe, params, warmup, rows, tiles, row_height, path.name))
+            rec.update(_evaluate_image(image, pipe, params, warmup, rows, tiles, row_height, path.name,
+                                       face_metrics))
         except Exception as e:  # one broken image must not lose the whole report
             rec["error"] = f"{type(e).__name__}: {e}"
         records.append(rec)
@@ -232,6 +236,10 @@ def evaluate(
             "match": f"box IoU >= {MATCH_IOU}, else eye midpoint within {MATCH_EYE_SHIFT} "
             "inter-ocular distances; any detection the detector returns on the output",
             "ssim": "luminance, Gaussian window sigma 1.5 (11x11), on the input face box",
+            "identity": "dlib ResNet descriptor distance, same person below 0.6"
+            if face_metrics else "not measured (needs the eval extra)",
+            "skin_tone": "CIEDE2000 of the mean skin CIELAB under the parser's skin mask"
+            if face_metrics else "not measured (needs the eval extra)",
             "max_side": max_side,
             "warmup": warmup,
         },
@@ -247,7 +255,8 @@ def evaluate(
     return report
 
 
-def _evaluate_image(image, pipe, params, warmup, rows, tiles, row_height, name) -> dict:
+def _evaluate_image(image, pipe, params, warmup, rows, tiles, row_height, name,
+                    face_metrics=None) -> dict:
     rgb = image.rgb
     h, w = rgb.shape[:2]
     detections = pipe.detect(rgb)
@@ -292,6 +301,7 @@ def _evaluate_image(image, pipe, params, warmup, rows, tiles, row_height, name) 
                 "distorted": is_distorted(nle),
                 "ssim": None if s is None else round(s, 4),
                 **({"out_score": round(found[j].score, 4)} if j is not None else {}),
+                **(face_metrics.measure(rgb, out, face) if face_metrics else {}),
             }
     _collect_panels(rec, rgb, outputs, refs, rows, tiles, row_height, name)
     return rec
@@ -325,6 +335,7 @@ def _group_stats(recs: list[dict]) -> dict:
             "median_nle": _median(m["nle"] for m in ms),
             "mean_ssim": _mean(m["ssim"] for m in ms),
             "time_per_image_s": _mean(r["time_s"].get(mode) for r in ok),
+            **_person_stats(ms),
         }
     a, b = stats["without"]["distortion_rate"], stats["with"]["distortion_rate"]
     # with / without: below 1 means face2paint distorts fewer faces. Undefined when the
@@ -333,6 +344,19 @@ def _group_stats(recs: list[dict]) -> dict:
     ta, tb = stats["without"]["time_per_image_s"], stats["with"]["time_per_image_s"]
     stats["overhead_pct"] = (tb / ta - 1) * 100 if ta and tb is not None else None
     return _rounded(stats)
+
+
+def _person_stats(ms: list[dict]) -> dict:
+    """Identity and skin tone over the faces that were measured (eval extra installed)."""
+    ids = [m["identity"] for m in ms if m.get("identity") is not None]
+    des = [m["skin_de"] for m in ms if m.get("skin_de") is not None]
+    return {
+        "mean_identity": _mean(ids),
+        "same_person_rate": (sum(m["same_person"] for m in ms if "same_person" in m) / len(ids)
+                             if ids else None),
+        "median_skin_de": _median(des),
+        "max_skin_de": max(des) if des else None,
+    }
 
 
 def _rounded(d):
@@ -390,6 +414,11 @@ def summary_markdown(report: dict) -> str:
         f"| mean NLE (found faces) | {_num(w['mean_nle'])} | {_num(f['mean_nle'])} |",
         f"| median NLE (found faces) | {_num(w['median_nle'])} | {_num(f['median_nle'])} |",
         f"| face SSIM | {_num(w['mean_ssim'])} | {_num(f['mean_ssim'])} |",
+        f"| same person (descriptor distance < 0.6) | {_pct(w['same_person_rate'])} "
+        f"| {_pct(f['same_person_rate'])} |",
+        f"| mean descriptor distance | {_num(w['mean_identity'])} | {_num(f['mean_identity'])} |",
+        f"| skin tone CIEDE2000, median / max | {_num(w['median_skin_de'], 1)} / "
+        f"{_num(w['max_skin_de'], 1)} | {_num(f['median_skin_de'], 1)} / {_num(f['max_skin_de'], 1)} |",
         f"| time per image | {_secs(w['time_per_image_s'])} | {_secs(f['time_per_image_s'])} |",
         "",
         f"Ratio of distortion rates (with / without): {_num(o['distortion_ratio'], 2)}. "

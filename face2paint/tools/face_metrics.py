@@ -1,0 +1,33 @@
+"""Per-face metrics of what users see, for `face2paint eval`: is it still the same person
+(identity.py) and is the skin still its colour (skin_tone.py). Both need the eval extra."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..models.types import Face
+from .identity import FaceDescriptor, same_person
+from .skin_tone import face_skin_tone_shift
+
+
+class FaceMetrics:
+    """Identity distance and skin-tone shift of one face between a photo and its stylized copy
+    (same size). The skin mask comes from `parser` (the pipeline's own) on the input face."""
+
+    def __init__(self, parser, descriptor: FaceDescriptor | None = None):
+        self.parser = parser
+        self.descriptor = descriptor or FaceDescriptor()
+
+    def measure(self, rgb_in: np.ndarray, rgb_out: np.ndarray, face: Face) -> dict:
+        d = self.descriptor.distance(rgb_in, rgb_out, face.box)
+        de = face_skin_tone_shift(rgb_in, rgb_out, face, self.parser)
+        return {"identity": round(d, 4), "same_person": same_person(d),
+                "skin_de": None if de is None else round(de, 3)}
+
+
+def load_face_metrics(parser) -> tuple[FaceMetrics | None, str | None]:
+    """The metrics, or None and the reason (the eval extra is not installed)."""
+    try:
+        return FaceMetrics(parser), None
+    except RuntimeError as e:
+        return None, str(e)

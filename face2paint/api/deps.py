@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Iterator, Optional
 
-from fastapi import Depends, Header, Request, Response
+from fastapi import Depends, Header, Path, Request, Response
 from sqlalchemy.orm import Session
 
 from ..jobs.api_keys import owner_for_key
@@ -44,6 +44,12 @@ SettingsDep = Annotated[Settings, Depends(app_settings)]
 SessionDep = Annotated[Session, Depends(request_session, scope="function")]
 StorageDep = Annotated[Storage, Depends(app_storage)]
 EnqueuerDep = Annotated[Enqueuer, Depends(app_enqueuer)]
+
+# Ids have one shape (jobs.db.new_id: 32 lowercase hex digits); anything else is refused at the
+# edge with a 422 and never reaches SQL (a NUL byte there is a database error).
+ID_PATTERN = r"^[0-9a-f]{32}$"
+JobId = Annotated[str, Path(pattern=ID_PATTERN, min_length=32, max_length=32, description="A job id.")]
+ItemId = Annotated[str, Path(pattern=ID_PATTERN, min_length=32, max_length=32, description="An item id.")]
 
 
 def require_owner(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..models.align import align_face
+from ..models.face import align_face
 from ..models.parse import label_mask
 from ..models.types import Face
 

@@ -8,19 +8,19 @@ from fastapi.responses import FileResponse, RedirectResponse
 from ...jobs.db import unit_of_work
 from ...jobs.lookup import get_result_key, list_items
 from .. import schemas
-from ..deps import OwnerDep, SessionDep, SettingsDep, StorageDep
+from ..deps import ItemId, JobId, OwnerDep, SessionDep, SettingsDep, StorageDep
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
 @router.get("/jobs/{job_id}/items", response_model=list[schemas.ItemOut])
-def job_items(job_id: str, session: SessionDep, owner: OwnerDep):
+def job_items(job_id: JobId, session: SessionDep, owner: OwnerDep):
     with unit_of_work(session):
         return [schemas.item_out(i) for i in list_items(session, job_id, owner)]
 
 
 @router.get("/jobs/{job_id}/items/{item_id}/result", responses={307: {"description": "presigned URL"}})
-def item_result(job_id: str, item_id: str, session: SessionDep, owner: OwnerDep,
+def item_result(job_id: JobId, item_id: ItemId, session: SessionDep, owner: OwnerDep,
                 storage: StorageDep, settings: SettingsDep):
     """The stylized image: a redirect to a presigned URL on S3, or the file itself."""
     with unit_of_work(session):

@@ -13,7 +13,7 @@ from ...jobs.db import unit_of_work
 from ...jobs.listing import list_jobs
 from ...jobs.lookup import get_job
 from .. import metrics, schemas
-from ..deps import EnqueuerDep, OwnerDep, SessionDep, SettingsDep, StorageDep
+from ..deps import EnqueuerDep, JobId, OwnerDep, SessionDep, SettingsDep, StorageDep
 from ..options import JobOptionsDep
 from ..uploads import read_uploads
 
@@ -56,13 +56,13 @@ def list_owner_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.JobOut)
-def job_status(job_id: str, session: SessionDep, owner: OwnerDep):
+def job_status(job_id: JobId, session: SessionDep, owner: OwnerDep):
     with unit_of_work(session):
         return schemas.job_out(get_job(session, job_id, owner))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=schemas.JobOut)
-def cancel(job_id: str, session: SessionDep, owner: OwnerDep):
+def cancel(job_id: JobId, session: SessionDep, owner: OwnerDep):
     """Cancel every item not yet finished; finished results stay available."""
     with unit_of_work(session):
         return schemas.job_out(cancel_job(session, job_id, owner))

@@ -125,12 +125,16 @@ def test_one_request_opens_one_database_session(api):
 
 def test_unknown_option_keys_are_refused(api):
     for options, fragment in [
-        ({"colour": "blue"}, "unknown option(s) ['colour']; allowed: face2paint, params, style"),
+        ({"colour": "blue"}, "unknown option(s) ['colour']; allowed: face2paint, "),
         ({"style": "classical-cartoon", "params": {"evil": 1}}, "unknown params key(s) ['evil']"),
         ({"params": {"face_min_size": 0}}, "params.face_min_size=0 is out of range"),
         ({"params": {"parsing_smooth": 1}}, "params.parsing_smooth must be a bool"),
         ({"params": {"face_size": 512.5}}, "params.face_size must be a int"),
         ({"style": "vaporwave"}, "unknown style 'vaporwave'"),
+        ({"output_format": "gif"}, "unknown output_format 'gif'; choose one of ['jpeg', 'png', 'webp']"),
+        ({"output_quality": 80}, "output_quality applies to jpeg and webp only"),
+        ({"output_format": "webp", "output_quality": 0}, "output_quality=0 must be an integer from 1 to 100"),
+        ({"output_format": "jpeg", "output_quality": 85.5}, "output_quality=85.5 must be an integer"),
     ]:
         r = _submit(api, options)
         assert r.status_code == 422, (options, r.text)
@@ -142,7 +146,13 @@ def test_unknown_option_keys_are_refused(api):
     assert r.status_code == 202, r.text
     # The job keeps what was asked; defaults stay those of models/types.Params.
     assert r.json()["options"] == {"style": "classical-cartoon", "face2paint": True,
-                                   "params": {"eye_enhance_ratio": 1.0}}
+                                   "params": {"eye_enhance_ratio": 1.0}, "output_format": "png"}
+    # A lossy format keeps its quality, the default one when none is asked for ("jpg" is jpeg).
+    r = _submit(api, {"output_format": "jpg"})
+    assert r.status_code == 202, r.text
+    assert (r.json()["options"]["output_format"], r.json()["options"]["output_quality"]) == ("jpeg", 90)
+    r = _submit(api, {"output_format": "webp", "output_quality": 70})
+    assert (r.json()["options"]["output_format"], r.json()["options"]["output_quality"]) == ("webp", 70)
     r = api.post("/v1/jobs", files=[("files", ("a.png", _png(), "image/png"))],
                  data={"options": json.dumps({"style": "classical-cartoon"}), "face2paint": "false"})
     assert r.status_code == 202 and r.json()["options"]["face2paint"] is False

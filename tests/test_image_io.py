@@ -331,8 +331,8 @@ def test_truncated(fmt):
 
 
 def test_unsupported_format():
-    data = _save(Image.new("RGB", (4, 4)), "PPM")
-    msg = "unsupported format PPM; send JPEG, PNG, WebP, GIF, BMP or TIFF"
+    data = _save(Image.new("RGB", (4, 4)), "PCX")
+    msg = r"unsupported format PCX; send JPEG, PNG, WebP, HEIC, AVIF, GIF, BMP, TIFF or PGM/PPM/PBM"
     with pytest.raises(ImageError, match=msg):
         load_image(data)
 

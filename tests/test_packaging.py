@@ -28,6 +28,7 @@ def test_wheel_holds_the_runtime_and_no_test_servers(tmp_path):
         shipped = {n: z.read(n) for n in names if n.endswith(".py")}
     for required in ("face2paint/models/pipeline.py", "face2paint/worker/tasks.py",
                      "face2paint/api/app.py", "face2paint/tools/evaluate.py",
+                     "face2paint/api/static/index.html", "face2paint/api/static/app.js",
                      "face2paint/migrations/versions/0001_initial.py"):
         assert required in names
     assert not [n for n in names if n.startswith(("tests/", "bench/", "face2paint/testing/"))]

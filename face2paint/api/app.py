@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from ..jobs.db import make_engine, session_factory
 from ..jobs.storage import storage_from_settings
 from ..settings import Settings, get_settings
-from . import errors, metrics
+from . import errors, metrics, site
 from .body_limit import BodyLimit, max_request_bytes
 from .publishing import Enqueuer
 from .ratelimit import RateLimiter
@@ -52,9 +52,12 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
         version="1",
         description="Batch anime-style portraits that keep faces intact.",
         lifespan=lifespan,
+        docs_url=None,  # site.install serves /docs and /redoc from local files
+        redoc_url=None,
     )
     for router in ROUTERS:
         app.include_router(router)
+    site.install(app)
     # Refuse oversized bodies before anything reads them. Added before the metrics middleware,
     # so it runs inside it: a BaseHTTPMiddleware wraps receive() in a task group, and an
     # error raised through that would reach FastAPI as an ExceptionGroup (a 400, not a 413).

@@ -1,7 +1,7 @@
 """The options of a new job, as pydantic models that refuse unknown keys.
 
-`options` is a JSON object {"style", "face2paint", "params"}; the `style` and `face2paint`
-form fields, when sent, override it. ParamsOptions mirrors models/types.Params, field for field
+`options` is a JSON object {"style", "face2paint", "params", "output_format", "output_quality"};
+the `style` and `face2paint` form fields, when sent, override it. ParamsOptions mirrors models/types.Params, field for field
 with the same defaults (a test keeps them in step), and adds the ranges a request may ask for.
 Every refusal is a 422 whose one-line message says what to send instead.
 """
@@ -12,11 +12,14 @@ import json
 from typing import Annotated, Any, Optional
 
 from fastapi import Depends, Form, HTTPException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ..jobs.states import Stage
+from ..models.image_io import DEFAULT_OUTPUT_QUALITY, OUTPUT_FORMATS
 from ..models.registry import BY_ID
 from ..models.types import Params
+
+_FORMAT_ALIASES = {"jpg": "jpeg"}
 
 _DEFAULT = Params()
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -50,6 +53,27 @@ class JobOptions(BaseModel):
     style: Optional[str] = None
     face2paint: bool = True
     params: ParamsOptions = Field(default_factory=ParamsOptions)
+    # The result's encoding: png (lossless, the default), jpeg or webp with a quality 1-100.
+    output_format: str = Field(default="png", json_schema_extra={"enum": list(OUTPUT_FORMATS)})
+    output_quality: Optional[int] = Field(default=None, ge=1, le=100, json_schema_extra={
+        "description": f"jpeg and webp only; default {DEFAULT_OUTPUT_QUALITY}"})
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _known_format(cls, fmt: Any) -> Any:
+        if isinstance(fmt, str):
+            fmt = _FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
+            if fmt not in OUTPUT_FORMATS:
+                raise ValueError("unknown output format")
+        return fmt
+
+    @field_validator("output_quality")
+    @classmethod
+    def _quality_is_lossy(cls, quality: int | None, info: ValidationInfo) -> int | None:
+        fmt = info.data.get("output_format")
+        if quality is not None and fmt in OUTPUT_FORMATS and not OUTPUT_FORMATS[fmt].lossy:
+            raise ValueError("quality of a lossless format")
+        return quality
 
     @field_validator("params", mode="before")
     @classmethod
@@ -66,8 +90,12 @@ class JobOptions(BaseModel):
     def stored(self) -> dict:
         """What the job keeps (and the workers read): the params the request set, so the
         defaults stay models/types.Params's own."""
-        return {"style": self.style, "face2paint": self.face2paint,
-                "params": self.params.model_dump(exclude_unset=True)}
+        stored = {"style": self.style, "face2paint": self.face2paint,
+                  "params": self.params.model_dump(exclude_unset=True),
+                  "output_format": self.output_format}
+        if OUTPUT_FORMATS[self.output_format].lossy:
+            stored["output_quality"] = self.output_quality or DEFAULT_OUTPUT_QUALITY
+        return stored
 
 
 _TOP = sorted(JobOptions.model_fields)
@@ -98,6 +126,13 @@ def refusal(e: ValidationError) -> str:
         return f"unknown style {err['input']!r}; choose one of {stylize_styles()}"
     if loc[0] == "face2paint":
         return "face2paint must be true or false"
+    if loc[0] == "output_format":
+        return f"unknown output_format {err['input']!r}; choose one of {sorted(OUTPUT_FORMATS)}"
+    if loc[0] == "output_quality":
+        if err["type"] == "value_error":
+            return ("output_quality applies to jpeg and webp only; leave it out for png, or set "
+                    "output_format to jpeg or webp")
+        return f"output_quality={err['input']!r} must be an integer from 1 to 100"
     if len(loc) == 1:  # params itself
         return f"params must be an object with keys from {_PARAMS}"
     name = str(loc[1])

@@ -72,3 +72,24 @@ def item_out(item) -> ItemOut:
         result_url=f"/v1/jobs/{item.job_id}/items/{item.id}/result" if succeeded else None,
         created_at=item.created_at, finished_at=item.finished_at,
     )
+
+
+class StyleOut(BaseModel):
+    """A style preset (models/presets.py): the `style` a job may name."""
+
+    name: str
+    description: str
+    face_model: str
+    background_model: str
+    licences: list[str]
+    commercial_use: bool
+    # A thumbnail of the preset on a public-domain photo, when the page ships one.
+    example_url: Optional[str] = None
+
+
+def style_out(preset, example_url: str | None) -> StyleOut:
+    return StyleOut(
+        name=preset.id, description=preset.description, face_model=preset.face_model,
+        background_model=preset.background_model, licences=list(preset.licences),
+        commercial_use=preset.commercial_use, example_url=example_url,
+    )

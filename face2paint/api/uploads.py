@@ -15,12 +15,12 @@ from fastapi import HTTPException, UploadFile
 from PIL import Image, UnidentifiedImageError
 
 from ..jobs.inputs import NewFile, sanitize_filename
-
-ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
-_SEND = "send JPEG, PNG, WebP, GIF, BMP or TIFF"
+# The formats the workers decode (importing image_io registers the HEIF/AVIF openers here too).
+from ..models.image_io import ALLOWED_FORMATS, formats_text
 # The stored Content-Type comes from the sniffed format, never from the client's declaration.
-_MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
-         "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
+from ..models.image_io import INPUT_MIME as _MIME
+
+_SEND = formats_text()
 _BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
 
 

@@ -16,11 +16,12 @@ log = logging.getLogger("face2paint.jobs")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EXT_BY_FORMAT = {
     "JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
-    "TIFF": "tiff",
+    "TIFF": "tiff", "HEIF": "heic", "AVIF": "avif", "PPM": "pnm",
 }
 _EXT_BY_TYPE = {
     "image/jpeg": "jpg", "image/jpg": "jpg", "image/png": "png", "image/webp": "webp",
-    "image/gif": "gif", "image/bmp": "bmp", "image/tiff": "tiff",
+    "image/gif": "gif", "image/bmp": "bmp", "image/tiff": "tiff", "image/heif": "heic",
+    "image/heic": "heic", "image/avif": "avif", "image/x-portable-anymap": "pnm",
 }
 
 

@@ -39,5 +39,6 @@ def artifact_key(job_id: str, item_id: str, stage: str, name: str) -> str:
     return f"{item_prefix(job_id, item_id)}{stage}/{_check(name, _NAME, 'artifact name')}"
 
 
-def result_key(job_id: str, item_id: str) -> str:
-    return f"{item_prefix(job_id, item_id)}result.png"
+def result_key(job_id: str, item_id: str, ext: str = "png") -> str:
+    """The item's one result; its extension follows the job's output format."""
+    return f"{item_prefix(job_id, item_id)}result.{_check(ext, _EXT, 'extension')}"

@@ -75,7 +75,7 @@ class Storage(Protocol):
 
     def list(self, prefix: str = "") -> list[str]: ...
 
-    def presigned_get_url(self, key: str, expires_s: int) -> str | None: ...
+    def presigned_get_url(self, key: str, expires_s: int, content_disposition: str | None = None) -> str | None: ...
 
     def open_stream(self, key: str) -> BinaryIO: ...
 
@@ -180,7 +180,7 @@ class LocalStorage:
                     keys.append(key)
         return sorted(keys)
 
-    def presigned_get_url(self, key: str, expires_s: int) -> str | None:
+    def presigned_get_url(self, key: str, expires_s: int, content_disposition: str | None = None) -> str | None:
         return None  # the API streams local objects itself
 
     def check(self) -> None:
@@ -346,8 +346,12 @@ class S3Storage:
         self._call("list", collect)
         return sorted(keys)
 
-    def presigned_get_url(self, key: str, expires_s: int) -> str | None:
+    def presigned_get_url(self, key: str, expires_s: int, content_disposition: str | None = None) -> str | None:
+        """A GET URL that needs no credentials until it expires; `content_disposition` is the
+        header S3 answers with (so a browser saves the object under its upload's name)."""
         params = {"Bucket": self.bucket, "Key": self._full(key)}
+        if content_disposition:
+            params["ResponseContentDisposition"] = content_disposition
         # Presigning is local computation; no request is made here.
         return self._client(public=True).generate_presigned_url(
             "get_object", Params=params, ExpiresIn=int(expires_s)

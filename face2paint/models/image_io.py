@@ -4,6 +4,13 @@
 EXIF orientation applied, first frame of animations, every Pillow mode converted to RGB
 (transparency composited over white, high bit depths scaled by their actual range), and the
 longest side capped. Anything wrong raises `ImageError` with a message meant for the user.
+
+Formats: what Pillow reads itself (JPEG, PNG, WebP, GIF, BMP, TIFF, the Netpbm family
+PBM/PGM/PPM, and AVIF where Pillow was built with libavif), plus HEIF/HEIC (iPhone photos)
+through pillow-heif's opener, registered on import. Outputs are encoded from the pixel array
+alone (`encode_image`), so no metadata of the input (EXIF with its GPS position, XMP, ICC,
+comments) ever reaches them: orientation is applied to the pixels and colour converted to sRGB
+on load, which is all of the metadata a result needs.
 """
 
 from __future__ import annotations
@@ -20,9 +27,63 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Pillow format names we accept (MPO is the multi-picture JPEG many phone cameras write).
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
-_ALLOWED_TEXT = "send JPEG, PNG, WebP, GIF, BMP or TIFF"
+
+
+def _register_plugins() -> frozenset[str]:
+    """The optional decoders this process has: HEIF through pillow-heif, AVIF through Pillow's
+    own plugin (Pillow 11.3+ wheels) or, for an older Pillow, pillow-heif's."""
+    extra = set()
+    try:
+        import pillow_heif
+    except ImportError:  # an install without it reads every other format
+        pillow_heif = None
+    if pillow_heif is not None:
+        pillow_heif.register_heif_opener()
+        extra.add("HEIF")
+    from PIL import features
+
+    if features.check("avif"):
+        extra.add("AVIF")
+    elif pillow_heif is not None and hasattr(pillow_heif, "register_avif_opener"):
+        pillow_heif.register_avif_opener()
+        extra.add("AVIF")
+    return frozenset(extra)
+
+
+# Pillow format names we accept (MPO is the multi-picture JPEG many phone cameras write; PPM is
+# Pillow's name for all of PBM, PGM and PPM).
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM"}) | _register_plugins()
+_ALLOWED_TEXT = "send " + ", ".join(
+    ["JPEG", "PNG", "WebP"] + [n for f, n in (("HEIF", "HEIC"), ("AVIF", "AVIF")) if f in ALLOWED_FORMATS]
+    + ["GIF", "BMP", "TIFF"]) + " or PGM/PPM/PBM"
+# The Content-Type of each input format, for what the API stores (never what a client declared).
+INPUT_MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+              "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff", "HEIF": "image/heif",
+              "AVIF": "image/avif", "PPM": "image/x-portable-anymap"}
+
+
+def formats_text() -> str:
+    """'send JPEG, PNG, ...': the formats this process reads, for error messages."""
+    return _ALLOWED_TEXT
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    name: str  # the job option's value
+    pillow: str  # Pillow's format name
+    extension: str
+    mime: str
+    lossy: bool
+
+
+# The quality of a JPEG or WebP result when the job names none.
+DEFAULT_OUTPUT_QUALITY = 90
+# The result formats a job may ask for, by option value.
+OUTPUT_FORMATS = {
+    "png": OutputFormat("png", "PNG", "png", "image/png", False),
+    "jpeg": OutputFormat("jpeg", "JPEG", "jpg", "image/jpeg", True),
+    "webp": OutputFormat("webp", "WEBP", "webp", "image/webp", True),
+}
 
 _ORIENTATION_TAG = 0x0112
 _SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}

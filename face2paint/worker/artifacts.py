@@ -3,7 +3,8 @@
 Intermediate images and per-face arrays travel as uncompressed .npy/.npz (lossless, about
 1 ms to write or read a 512² image, where PNG took 25-35 ms: a tenth of the job system's whole
 per-image overhead, to save bytes that live for seconds); small metadata as JSON. Results,
-which users download, are PNG. Keys are deterministic per item and stage, so a stage
+which users download, are encoded in the job's output format (PNG unless it asks for JPEG or
+WebP) from the pixels alone, so they carry none of the input's metadata. Keys are deterministic per item and stage, so a stage
 that runs twice overwrites its own output and changes nothing else.
 """
 
@@ -20,6 +21,17 @@ def png_bytes(rgb: np.ndarray, compress_level: int = 1) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
+
+
+def result_bytes(rgb: np.ndarray, options: dict) -> tuple[bytes, str, str]:
+    """(data, extension, content type) of a result in the format the job's options name."""
+    from ..models.image_io import DEFAULT_OUTPUT_QUALITY, OUTPUT_FORMATS, encode_image
+
+    fmt = OUTPUT_FORMATS[options.get("output_format") or "png"]
+    if not fmt.lossy:
+        return png_bytes(rgb), fmt.extension, fmt.mime
+    quality = int(options.get("output_quality") or DEFAULT_OUTPUT_QUALITY)
+    return encode_image(rgb, fmt.pillow, quality=quality), fmt.extension, fmt.mime
 
 
 def png_array(data: bytes) -> np.ndarray:

@@ -341,10 +341,11 @@ def _finalize(ctx: StageContext):
     faces = _faces(ctx)
     crops = artifacts.images_from(ctx.read("stylize", "faces.npz")) if ctx.face2paint else []
     out = ctx.pipe.finalize(background, faces, crops, original_size, ctx.params, ctx.face2paint)
-    key = result_key(ctx.job_id, ctx.item_id)
+    data, ext, mime = artifacts.result_bytes(out, ctx.options)
+    key = result_key(ctx.job_id, ctx.item_id, ext)
     # Deterministic key: a finalize that runs again (its worker died after this write)
     # overwrites the same object, so an item never has two results.
-    ctx.storage.put_bytes(key, artifacts.png_bytes(out), "image/png")
+    ctx.storage.put_bytes(key, data, mime)
     # run_stage marks the item succeeded when it closes this attempt (one transaction).
     return {"output_key": key, "face_count": len(faces)}
 

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+import face2paint.models.image_io  # noqa: F401 - registers the HEIF opener, for making and checking HEIC
 from face2paint.cli.stack import ProcessStack
 from tests.helpers import astronaut_path
 from tests.service_stack import fresh_database, redis_db
@@ -34,7 +35,7 @@ CARTOON = {"style": "classical-cartoon"}
 TERMINAL = {"succeeded", "failed", "partially_succeeded", "canceled"}
 SAFE_KEY = re.compile(
     r"^jobs/[0-9a-f]{32}/items/[0-9a-f]{32}/"
-    r"(input\.(jpg|png|webp|gif|bmp|tiff|bin)|result\.png|(detect|parse|stylize|finalize)/[A-Za-z0-9_.-]+)$"
+    r"(input\.(jpg|png|webp|gif|bmp|tiff|heic|avif|pnm|bin)|result\.(png|jpg|webp)|(detect|parse|stylize|finalize)/[A-Za-z0-9_.-]+)$"
 )
 
 
@@ -149,6 +150,8 @@ class Outcome:
     items: list[dict] = field(default_factory=list)
     results: dict[int, tuple[int, int]] = field(default_factory=dict)  # index -> output size
     images: dict[int, Image.Image] = field(default_factory=dict)  # index -> output image
+    raw: dict[int, bytes] = field(default_factory=dict)  # index -> the result file
+    headers: dict[int, httpx.Headers] = field(default_factory=dict)  # index -> its download's headers
 
 
 def _good() -> Part:
@@ -284,7 +287,102 @@ def _cases() -> list[Case]:
             f"EXIF orientation {n}", [Part(f"orient{n}.jpg", _with_orientation(n), "image/jpeg")],
             expect_item="succeeded", check=lambda c, o, n=n: _check_orientation(c, o, n),
         ))
-    return cases
+    return cases + _format_cases()
+
+
+# --- formats: iPhone HEIC, AVIF, Netpbm; result formats without the input's metadata ---------
+
+GPS_IFD = 0x8825
+
+
+def _metadata_exif(orientation: int) -> Image.Exif:
+    """EXIF with an orientation and a GPS position (the Eiffel tower), as a phone writes it."""
+    from PIL.ExifTags import GPS
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "PhoneMaker"
+    exif[GPS_IFD] = {GPS.GPSLatitudeRef: "N", GPS.GPSLatitude: (48.0, 51.0, 29.0),
+                     GPS.GPSLongitudeRef: "E", GPS.GPSLongitude: (2.0, 17.0, 40.0)}
+    return exif
+
+
+XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       b'<rdf:Description xmlns:exif="http://ns.adobe.com/exif/1.0/" exif:GPSLatitude="48,51.48N"/>'
+       b"</rdf:RDF></x:xmpmeta>")
+
+
+def _icc() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _with_metadata(fmt: str, orientation: int = 6, **kw) -> bytes:
+    """The asymmetric astronaut with GPS EXIF, an ICC profile and XMP, in `fmt`."""
+    return _save(_asymmetric(), fmt, exif=_metadata_exif(orientation), icc_profile=_icc(), xmp=XMP, **kw)
+
+
+def _grace_hopper_pgm() -> bytes:
+    """A grey face photo as the AT&T/ORL face set has them: 92x112 binary PGM (P5)."""
+    from matplotlib import cbook
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+        return _save(ImageOps.fit(im.convert("L"), (92, 112)), "PPM")
+
+
+def _check_clean(case: Case, o: Outcome, fmt: str) -> None:
+    """The result is in `fmt`, carries none of the input's metadata, and is oriented as Pillow
+    shows the input (a HEIF's own rotation box wins over its EXIF tag, which pillow-heif resets)."""
+    with Image.open(io.BytesIO(case.parts[0].data)) as src:
+        shown = ImageOps.exif_transpose(src).convert("RGB")
+    _check_size(o, 0, shown.size)
+    assert _reddest_corner(o.images[0]) == _reddest_corner(shown)
+    with Image.open(io.BytesIO(o.raw[0])) as im:
+        assert im.format == fmt, im.format
+        assert not im.getexif(), dict(im.getexif())
+        for k in ("exif", "icc_profile", "xmp", "XML:com.adobe.xmp"):
+            assert k not in im.info, (k, im.info.keys())
+    for needle in (b"Exif", b"PhoneMaker", b"xmpmeta", b"GPS", b"acsp"):  # acsp: any ICC profile
+        assert needle not in o.raw[0], needle
+
+
+def _check_download_name(o: Outcome, index: int, name: str) -> None:
+    cd = o.headers[index].get("content-disposition", "")
+    assert cd.startswith("attachment;") and f'filename="{name}"' in cd, cd
+
+
+def _format_cases() -> list[Case]:
+    small = _astronaut((96, 96))
+    lossy = lambda fmt, q=None: json.dumps({**CARTOON, "output_format": fmt,  # noqa: E731
+                                            **({"output_quality": q} if q else {})})
+    return [
+        Case("HEIC (iPhone) with GPS, ICC, XMP", [Part("IMG_0001.HEIC", _with_metadata("HEIF"), "image/heic")],
+             expect_item="succeeded",
+             check=lambda c, o: (_check_clean(c, o, "PNG"), _check_download_name(o, 0, "IMG_0001.png"))),
+        Case("AVIF", [Part("photo.avif", _save(small, "AVIF", quality=80), "image/avif")],
+             expect_item="succeeded", check=lambda c, o: _check_size(o, 0, (96, 96))),
+        Case("PGM face photo (AT&T/ORL-like)", [Part("s1_1.pgm", _grace_hopper_pgm(), "image/x-portable-graymap")],
+             expect_item="succeeded", check=lambda c, o: _check_size(o, 0, (92, 112))),
+        Case("PPM", [Part("img.ppm", _save(small, "PPM"), "image/x-portable-pixmap")], expect_item="succeeded"),
+        Case("PBM (1 bit)", [Part("img.pbm", _save(small.convert("1"), "PPM"), "image/x-portable-bitmap")],
+             expect_item="succeeded", check=lambda c, o: _check_size(o, 0, (96, 96))),
+        Case("JPEG with GPS, ICC, XMP -> JPEG result", [Part("trip.jpg", _with_metadata("JPEG", quality=90), "image/jpeg")],
+             options=lossy("jpeg", 80), expect_item="succeeded",
+             check=lambda c, o: (_check_clean(c, o, "JPEG"), _check_download_name(o, 0, "trip.jpg"))),
+        Case("PNG with GPS, ICC, XMP -> WebP result", [Part("trip.png", _with_metadata("PNG"), "image/png")],
+             options=lossy("webp"), expect_item="succeeded",
+             check=lambda c, o: (_check_clean(c, o, "WEBP"), _check_download_name(o, 0, "trip.webp"))),
+        Case("WebP with GPS -> result named after the upload, non-ASCII",
+             [Part("été à Paris.webp", _with_metadata("WEBP"), "image/webp")], expect_item="succeeded",
+             check=lambda c, o: (_check_clean(c, o, "PNG"), _check_non_ascii_name(o))),
+    ]
+
+
+def _check_non_ascii_name(o: Outcome) -> None:
+    cd = o.headers[0].get("content-disposition", "")
+    assert "filename*=UTF-8''%C3%A9t%C3%A9%20%C3%A0%20Paris.png" in cd, cd
+    assert 'filename="_t_ _ Paris.png"' in cd, cd
 
 
 def _reddest_corner(im: Image.Image) -> str:
@@ -432,7 +530,11 @@ def test_bad_input_table(stack, s3):
                 if item["status"] == "succeeded":
                     r = http.get(item["result_url"], follow_redirects=False)
                     assert r.status_code == 307
-                    im = Image.open(io.BytesIO(httpx.get(r.headers["location"], timeout=60).content))
+                    download = httpx.get(r.headers["location"], timeout=60)
+                    o.headers[item["index"]] = download.headers
+                    if len(download.content) < 2_000_000:
+                        o.raw[item["index"]] = download.content
+                    im = Image.open(io.BytesIO(download.content))
                     o.results[item["index"]] = im.size
                     if im.width * im.height <= 1_000_000:
                         o.images[item["index"]] = im.convert("RGB")
@@ -493,7 +595,7 @@ def _check_object_keys(stack: ProcessStack, s3, outcomes: dict[str, Outcome]) ->
     for k in keys:
         assert ".." not in k and "passwd" not in k and "shadow" not in k and "win.ini" not in k, k
     # Exactly one result per succeeded item.
-    results = {k.split("/")[3] for k in keys if k.endswith("/result.png")}
+    results = {k.split("/")[3] for k in keys if re.search(r"/result\.[a-z]+$", k)}
     succeeded = {i["id"] for o in outcomes.values() for i in o.items if i["status"] == "succeeded"}
     assert results == succeeded
 

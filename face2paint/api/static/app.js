@@ -45,7 +45,8 @@ async function api(path, options = {}) {
       const body = await r.json();
       if (body.detail) detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
     } catch (_) { /* not JSON */ }
-    if (r.status === 401) showKeyPanel(detail);
+    // A key revoked while the page is open: ask for another (not while one is being tried).
+    if (r.status === 401 && !$("app").hidden) showKeyPanel(`The key was refused: ${detail}`);
     throw new ApiError(r.status, detail);
   }
   return r;
@@ -245,6 +246,7 @@ async function openJob(jobId) {
   state.items = new Map();
   $("items").replaceChildren();
   $("job").hidden = false;
+  $("job").scrollIntoView({ block: "start" });
   $("job-id").textContent = jobId;
   const watch = new AbortController();
   state.watch = watch;
@@ -315,7 +317,9 @@ async function pollJob(jobId, signal, why) {
 }
 
 function renderJob(job) {
+  const ended = TERMINAL.has(job.status) && !(state.job && state.job.id === job.id && TERMINAL.has(state.job.status));
   state.job = job;
+  if (ended) loadJobs(state.page);  // the list shows the job's final state
   const p = job.progress;
   $("job-status").textContent = job.status.replace("_", " ");
   $("job-status").className = `status ${job.status}`;
@@ -383,6 +387,7 @@ async function openViewer(jobId, it, afterUrl) {
   $("before").removeAttribute("src");
   $("slider").value = 50;
   setSplit(50);
+  if (it.width && it.height) $("compare").style.setProperty("--ar", String(it.width / it.height));
   $("viewer-info").textContent =
     `${it.width}×${it.height} · ${it.face_count ?? 0} face(s) · ` +
     Object.entries(it.timings || {}).map(([k, v]) => `${k} ${v.toFixed(2)} s`).join(", ");

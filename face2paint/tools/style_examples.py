@@ -1,0 +1,96 @@
+"""The web page's style thumbnails: each preset run on public-domain photos only
+(scikit-image's astronaut and coffee, matplotlib's Grace Hopper), side by side in one small JPEG
+per preset, plus examples.json recording which photo, model and licence each came from.
+
+    python -m face2paint.tools.style_examples [--out face2paint/api/static/examples] [--only NAME ...]
+
+Needs the `dev` extra (scikit-image and matplotlib ship the photos) and the presets' weights
+(FACE2PAINT_MODEL_DIR); a preset whose weights are absent is skipped and said so. Runs the
+photos at a reduced size, since the thumbnails are small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..models.image_io import encode_image, load_image, resize_to
+
+# (name, where it comes from, its licence); the only photos examples may be made from.
+PHOTOS = (
+    ("astronaut", "scikit-image data: astronaut.png (NASA, Eileen Collins)", "public domain"),
+    ("grace_hopper", "matplotlib sample data: grace_hopper.jpg (US Navy)", "public domain"),
+    ("coffee", "scikit-image data: coffee.png (Rachel Michetti)", "CC0"),
+)
+WORK_SIDE = 384  # the square the pipeline sees (a multiple of 32, as some generators need)
+TILE = 160  # each photo's square in the thumbnail
+OUT = Path(__file__).resolve().parents[1] / "api" / "static" / "examples"
+
+
+def photo_path(name: str) -> Path:
+    if name == "grace_hopper":
+        from matplotlib import cbook
+
+        return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent / f"{name}.png"
+
+
+def _square(rgb: np.ndarray, side: int) -> np.ndarray:
+    return np.asarray(ImageOps.fit(Image.fromarray(rgb), (side, side), Image.Resampling.LANCZOS))
+
+
+def make_example(preset, cache, photos: list[np.ndarray]) -> np.ndarray:
+    from ..models.pipeline import Face2Paint
+    from ..models.types import Params
+
+    pipe = Face2Paint(cache, style=preset.face_model, background_style=preset.background_model)
+    params = Params(**dict(preset.params))
+    tiles = [resize_to(pipe.run(rgb, params).output, (TILE, TILE)) for rgb in photos]
+    return np.concatenate(tiles, axis=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..models.cache import ModelCache
+    from ..models.presets import PRESETS, preset_status
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--only", nargs="*", help="preset names (default: every preset)")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    photos = [_square(load_image(photo_path(name)).rgb, WORK_SIDE) for name, _, _ in PHOTOS]
+    cache = ModelCache()
+    record_path = args.out / "examples.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    record["photos"] = [{"name": n, "source": s, "licence": lic} for n, s, lic in PHOTOS]
+    styles = record.setdefault("styles", {})
+    for preset in PRESETS:
+        if args.only and preset.id not in args.only:
+            continue
+        status = preset_status(preset, cache.registry)
+        if not status.available:
+            print(f"{preset.id}: skipped, missing {', '.join(status.missing)} "
+                  "(set FACE2PAINT_MODEL_DIR or `face2paint models pull ID`)", file=sys.stderr)
+            continue
+        try:
+            strip = make_example(preset, cache, photos)
+        except Exception as e:  # noqa: BLE001 - one broken model must not stop the others
+            print(f"{preset.id}: failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+            continue
+        (args.out / f"{preset.id}.jpg").write_bytes(encode_image(strip, "JPEG", quality=82))
+        styles[preset.id] = {"models": list(preset.models), "licences": list(preset.licences),
+                             "commercial_use": preset.commercial_use}
+        print(f"{preset.id}: {args.out / (preset.id + '.jpg')}")
+    record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

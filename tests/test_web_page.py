@@ -76,8 +76,18 @@ class Page:
         self.errors: list[str] = []
         self.requests: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(
+            f"{m.text} at {m.location.get('url')}"))
+        self.page.on("requestfailed", self._failed)
         self.page.on("request", lambda r: self.requests.append(r.url))
+
+    def _failed(self, request) -> None:
+        # Chromium reports a response body that a script read through a ReadableStream as
+        # net::ERR_ABORTED even when it was read to its end (curl sees the closing chunk, and
+        # r.text() on the same stream reports it finished): the event stream, which the test
+        # checks by the page's own "finished" state instead.
+        if not (request.url.endswith("/events") and request.failure == "net::ERR_ABORTED"):
+            self.errors.append(f"request failed: {request.url} {request.failure}")
 
     def shot(self, name: str, full: bool = True) -> Path:
         self.n += 1
@@ -208,6 +218,5 @@ def test_the_page_takes_photos_to_results(stack, browser, tmp_path):
     page.wait_for_selector("h1:has-text('face2paint')")
     tab.shot("redoc", full=False)
 
-    assert tab.errors == [], tab.errors
-    assert tab.foreign() == [], f"the page reached outside the API: {tab.foreign()[:5]}"
+    assert (tab.errors, tab.foreign()) == ([], []), "script errors, or addresses outside the API"
     tab.context.close()

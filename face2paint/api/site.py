@@ -9,17 +9,24 @@ The API never creates keys for a browser: the page takes a key that `face2paint 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 
 STATIC_DIR = Path(__file__).with_name("static")
 EXAMPLES_DIR = STATIC_DIR / "examples"
 _DOCS_ASSETS = "/static/docs"
+_REDOCLY_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+# The docs pages may load from this server only (their generated HTML has inline scripts; ReDoc
+# runs its search in a blob: worker).
+_DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+             "img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; object-src 'none'")
 
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",
@@ -61,28 +68,49 @@ def _with_security(app: FastAPI):
     return openapi
 
 
+@lru_cache(maxsize=1)
+def _redoc_js() -> bytes:
+    """ReDoc's bundle without its one hard-wired remote address (the Redocly logo, which it
+    hides when the image does not load): a docs page that reaches nowhere else."""
+    js = (files("fastapi_offline") / "static" / "redoc.standalone.js").read_bytes()
+    return js.replace(_REDOCLY_LOGO, b"")
+
+
 def install(app: FastAPI) -> None:
     """Mount the page's files and the docs' assets, add /docs and /redoc, declare the security
     schemes. The app must be created with docs_url=None and redoc_url=None."""
     docs_assets = files("fastapi_offline") / "static"
+
+    # Before the mount below, which would otherwise answer first.
+    @app.get(f"{_DOCS_ASSETS}/redoc.standalone.js", include_in_schema=False)
+    def redoc_js():
+        return Response(_redoc_js(), media_type="text/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
     app.mount(_DOCS_ASSETS, StaticFiles(directory=str(docs_assets)), name="docs-assets")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.openapi = _with_security(app)
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui():
-        return get_swagger_ui_html(
+        return _docs_page(get_swagger_ui_html(
             openapi_url=app.openapi_url, title=f"{app.title} - API", oauth2_redirect_url=None,
             swagger_js_url=f"{_DOCS_ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{_DOCS_ASSETS}/swagger-ui.css",
             swagger_favicon_url="/static/favicon.svg",
-            swagger_ui_parameters={"persistAuthorization": True},
-        )
+            # No validator badge: it would send the document's address to validator.swagger.io.
+            swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
+        ))
 
     @app.get("/redoc", include_in_schema=False)
     def redoc():
-        return get_redoc_html(
+        return _docs_page(get_redoc_html(
             openapi_url=app.openapi_url, title=f"{app.title} - ReDoc",
             redoc_js_url=f"{_DOCS_ASSETS}/redoc.standalone.js",
             redoc_favicon_url="/static/favicon.svg", with_google_fonts=False,
-        )
+        ))
+
+
+def _docs_page(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = _DOCS_CSP
+    return page

@@ -122,7 +122,7 @@ function styleCard(s, checked, value = s.name) {
   label.append(input);
   if (s.example_url) {
     const img = document.createElement("img");
-    img.src = s.example_url; img.alt = `${s.name} example`; img.loading = "lazy";
+    img.src = s.example_url; img.alt = `${s.name} example`;
     label.append(img);
   } else {
     const none = document.createElement("span");
@@ -270,9 +270,12 @@ async function streamEvents(jobId, signal) {
   if (!r.body) throw new Error("no stream");
   setLive("live", "live");
   const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
+  let buffer = "", ended = false;
   for (;;) {
     const { value, done } = await reader.read();
+    // The server closes the stream right after its last event; read on to that close, so the
+    // request ends normally rather than being dropped.
+    if (done && ended) return;
     if (done) throw new Error("the event stream closed before the job ended");
     buffer += value.replace(/\r\n?/g, "\n");
     let cut;
@@ -293,8 +296,8 @@ async function streamEvents(jobId, signal) {
       const payload = JSON.parse(data.join("\n"));
       if (event === "item") renderItem(jobId, payload);
       else if (event === "job") renderJob(payload);
-      else if (event === "end") { renderJob(payload); setLive("finished", "done"); return; }
-      else if (event === "gone") { setLive("deleted", "done"); return; }
+      else if (event === "end") { renderJob(payload); setLive("finished", "done"); ended = true; }
+      else if (event === "gone") { setLive("deleted", "done"); ended = true; }
     }
   }
 }

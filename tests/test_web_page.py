@@ -1,21 +1,23 @@
 """The web page in a real headless Chromium (Debian's, driven by Playwright) against a real
 stack: PostgreSQL, Redis, S3, the API and a worker, with the classical style (fast).
 
-Paste the key, drop two photos, pick a style, submit, see both finish over the live event
+Paste the key, choose two photos, pick a style, submit, see both finish over the live event
 stream, compare one before and after, download it and the job's zip (and check the zip's
-contents); then the same with the event stream cut (polling takes over), paging through
-earlier jobs, and /docs and /redoc working without internet. Screenshots go to a folder the
-test prints, to be looked at.
+contents); then a photo dropped on the page, as WebP, with the event stream cut (polling takes
+over); paging through earlier jobs; /docs and /redoc working without internet. Screenshots go
+to a folder the test prints, to be looked at.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import shutil
 import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -118,6 +120,7 @@ def test_the_page_takes_photos_to_results(stack, browser, tmp_path):
     photos = _photos(tmp_path)
     tab = Page(browser, stack.api_url, shots)
     page = tab.page
+    auth = {"Authorization": f"Bearer {stack.api_key}"}
 
     # The key: asked for, refused when wrong, kept when right.
     page.goto(f"{stack.api_url}/")
@@ -145,7 +148,8 @@ def test_the_page_takes_photos_to_results(stack, browser, tmp_path):
     tab.shot("form")
 
     page.click("#submit")
-    page.wait_for_selector("#job:not([hidden])")
+    page.wait_for_selector("#job:not([hidden]) #items li.item >> nth=1")
+    tab.shot("job-running", full=False)  # whatever stage the photos are at by now
     _wait_items(page, 2)
     _wait_live(page, "finished")
     assert page.inner_text("#job-status").lower() == "succeeded"
@@ -181,15 +185,30 @@ def test_the_page_takes_photos_to_results(stack, browser, tmp_path):
                 assert out.size == inp.size, name
     assert tab.errors == [], tab.errors
 
-    # With the event stream cut, the page polls and still sees the job through.
+    # A photo dropped on the page, as WebP; with the event stream cut, the page polls and
+    # still sees the job through.
     page.route("**/v1/jobs/*/events", lambda route: route.abort())
-    page.set_input_files("#files", [str(photos[2])])
+    dropped = page.evaluate_handle(
+        """([name, b64]) => {
+            const dt = new DataTransfer();
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            dt.items.add(new File([bytes], name, { type: "image/png" }));
+            return dt;
+        }""", [photos[2].name, base64.b64encode(photos[2].read_bytes()).decode()])
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    assert page.inner_text("#submit-status") == "1 photo(s)"
+    page.select_option("#output-format", "webp")
+    assert page.is_visible("#quality-box")
     page.click("#submit")
     _wait_live(page, "polling")
     _wait_items(page, 1)
     _wait_live(page, "finished")
     second = page.inner_text("#job-id")
     assert second != job_id
+    (item,) = httpx.get(f"{stack.api_url}/v1/jobs/{second}/items", headers=auth).json()
+    r = httpx.get(f"{stack.api_url}{item['result_url']}", params={"redirect": "false"}, headers=auth)
+    assert (r.headers["content-type"], item["filename"]) == ("image/webp", "coffee.png")
+    assert r.headers["content-disposition"] == 'attachment; filename="coffee.webp"'
     page.unroute("**/v1/jobs/*/events")
     tab.errors = [e for e in tab.errors if "ERR_FAILED" not in e]  # the aborted stream itself
 

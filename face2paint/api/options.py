@@ -1,8 +1,9 @@
 """The options of a new job, as pydantic models that refuse unknown keys.
 
 `options` is a JSON object {"style", "face2paint", "params", "output_format", "output_quality"};
-the `style` and `face2paint` form fields, when sent, override it. ParamsOptions mirrors models/types.Params, field for field
-with the same defaults (a test keeps them in step), and adds the ranges a request may ask for.
+the `style` and `face2paint` form fields, when sent, override it. ParamsOptions mirrors
+models/types.Params, field for field with the same defaults (a test keeps them in step), and
+adds the ranges a request may ask for.
 Every refusal is a 422 whose one-line message says what to send instead.
 """
 

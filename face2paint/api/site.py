@@ -9,9 +9,11 @@ The API never creates keys for a browser: the page takes a key that `face2paint 
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -38,9 +40,20 @@ SECURITY_SCHEMES = {
 _SECURITY = [{"bearer": []}, {"apiKey": []}]
 
 
+@lru_cache(maxsize=1)
+def _examples() -> dict[str, str]:
+    """Style -> its example image (examples.json, written by tools/style_examples.py)."""
+    try:
+        styles = json.loads((EXAMPLES_DIR / "examples.json").read_text())["styles"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {name: s["image"] for name, s in styles.items() if (EXAMPLES_DIR / s.get("image", "")).is_file()}
+
+
 def example_url(style: str) -> str | None:
     """The URL of a style's example thumbnail, if the page ships one."""
-    return f"/static/examples/{style}.jpg" if (EXAMPLES_DIR / f"{style}.jpg").is_file() else None
+    image = _examples().get(style)
+    return f"/static/examples/{quote(image)}" if image else None
 
 
 # The headers deps.require_owner reads; an operation that has them needs a key.

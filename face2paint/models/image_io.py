@@ -28,7 +28,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 
-
 def _register_plugins() -> frozenset[str]:
     """The optional decoders this process has: HEIF through pillow-heif, AVIF through Pillow's
     own plugin (Pillow 11.3+ wheels) or, for an older Pillow, pillow-heif's."""

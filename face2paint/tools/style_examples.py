@@ -1,6 +1,7 @@
 """The web page's style thumbnails: each preset run on public-domain photos only
 (scikit-image's astronaut and coffee, matplotlib's Grace Hopper), side by side in one small JPEG
-per preset, plus examples.json recording which photo, model and licence each came from.
+per model combination, plus examples.json: each preset's image (the web page's index) and which
+photos, models and licences it came from.
 
     python -m face2paint.tools.style_examples [--out face2paint/api/static/examples] [--only NAME ...]
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     record["photos"] = [{"name": n, "source": s, "licence": lic} for n, s, lic in PHOTOS]
     styles = record.setdefault("styles", {})
+    made: set[str] = set()
     for preset in PRESETS:
         if args.only and preset.id not in args.only:
             continue
@@ -79,15 +81,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{preset.id}: skipped, missing {', '.join(status.missing)} "
                   "(set FACE2PAINT_MODEL_DIR or `face2paint models pull ID`)", file=sys.stderr)
             continue
-        try:
-            strip = make_example(preset, cache, photos)
-        except Exception as e:  # noqa: BLE001 - one broken model must not stop the others
-            print(f"{preset.id}: failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
-            continue
-        (args.out / f"{preset.id}.jpg").write_bytes(encode_image(strip, "JPEG", quality=82))
-        styles[preset.id] = {"models": list(preset.models), "licences": list(preset.licences),
-                             "commercial_use": preset.commercial_use}
-        print(f"{preset.id}: {args.out / (preset.id + '.jpg')}")
+        # Presets that run the same models with the same parameters share one image.
+        image = f"{'+'.join(preset.models)}.jpg" if not preset.params else f"{preset.id}.jpg"
+        if image not in made:
+            try:
+                strip = make_example(preset, cache, photos)
+            except Exception as e:  # noqa: BLE001 - one broken model must not stop the others
+                print(f"{preset.id}: failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+                continue
+            (args.out / image).write_bytes(encode_image(strip, "JPEG", quality=82))
+            made.add(image)
+        styles[preset.id] = {"image": image, "models": list(preset.models),
+                             "licences": list(preset.licences), "commercial_use": preset.commercial_use}
+        print(f"{preset.id}: {args.out / image}")
     record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return 0
 

@@ -8,6 +8,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from ...jobs.db import unit_of_work
 from ...jobs.lookup import get_result_key, list_items
 from .. import schemas
+from ..errors import answers
 from ..deps import ItemId, JobId, OwnerDep, SessionDep, SettingsDep, StorageDep
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -19,7 +20,8 @@ def job_items(job_id: JobId, session: SessionDep, owner: OwnerDep):
         return [schemas.item_out(i) for i in list_items(session, job_id, owner)]
 
 
-@router.get("/jobs/{job_id}/items/{item_id}/result", responses={307: {"description": "presigned URL"}})
+@router.get("/jobs/{job_id}/items/{item_id}/result",
+            responses={307: {"description": "presigned URL"}, **answers(409)})
 def item_result(job_id: JobId, item_id: ItemId, session: SessionDep, owner: OwnerDep,
                 storage: StorageDep, settings: SettingsDep):
     """The stylized image: a redirect to a presigned URL on S3, or the file itself."""

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 
 # C0 controls (NUL, CR, LF, ESC...), DEL, C1 controls, and UTF-16 surrogates (only ever lone
 # ones in a str: a proper pair is one code point).
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-# In a formatted traceback the line breaks are ours; everything else is escaped there too.
-_UNSAFE_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
@@ -41,8 +40,6 @@ class EscapeControls(logging.Filter):
     (before any formatter sees them). Idempotent, so a record passing several handlers is
     escaped once in effect."""
 
-    _formatter = logging.Formatter()
-
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "uvicorn.access" and isinstance(record.args, tuple):
             # Its formatter reads the arguments (address, method, path, version, status).
@@ -54,11 +51,21 @@ class EscapeControls(logging.Filter):
                 message = None
             if message is not None:
                 record.msg, record.args = escape(message), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self._formatter.formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = _UNSAFE_BUT_NEWLINE.sub(_escape_char, record.exc_text)
+        if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+            record.exc_text = format_exception(record.exc_info)
         return True
+
+
+def format_exception(exc_info) -> str:
+    """A traceback whose line breaks are all its own: the frames (our code) as they are, the
+    exception messages (which may hold client text) escaped, line breaks included."""
+    chunks = []
+    for chunk in traceback.TracebackException(*exc_info).format():
+        if chunk.startswith("  File "):
+            chunks.append(chunk)
+        else:
+            chunks.append(escape(chunk.removesuffix("\n")) + "\n")
+    return "".join(chunks).removesuffix("\n")
 
 
 def _handlers() -> list[logging.Handler]:

@@ -18,6 +18,7 @@ MAX_PAGE = 200
 MAX_CURSOR_CHARS = 256  # encode_cursor's are about 100
 _CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 _ID = re.compile(r"[0-9a-f]{32}")  # db.new_id
+_ISO_TIME = re.compile(r"[0-9:.T+-]{19,40}")  # datetime.isoformat() with an offset
 _EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
 
@@ -45,8 +46,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
                 and all(isinstance(v, str) for v in value)):
             raise ValueError("not [created_at, id]")
         created, job_id = value
-        if not _ID.fullmatch(job_id) or len(created) > 40:
-            raise ValueError("not an id")
+        if not _ID.fullmatch(job_id) or not _ISO_TIME.fullmatch(created):
+            raise ValueError("not an id and a time")
         ts = datetime.fromisoformat(created)
         if ts.tzinfo is None:
             raise ValueError("naive")

@@ -51,6 +51,7 @@ from tests.test_faults import (
     photos,
     release,
     submit,
+    tidy_up,
     wait_job,
     wait_paused,
 )
@@ -178,16 +179,8 @@ def summary(request):
 @pytest.fixture(autouse=True)
 def after_each(emb):
     yield
-    st = emb.stack
-    if st is None:
-        return
-    for paused in st.faults_dir.glob("paused.*"):
-        (st.faults_dir / paused.name.replace("paused.", "release.", 1)).touch()
-    for i in range(st.n_workers):
-        if st.procs[f"worker{i}"].poll() is not None:
-            st.start_worker(i)
-    for name in sorted(st.procs):
-        print(f"--- {name} log (tail) ---\n{st.log(name)[-3000:]}")
+    if emb.stack is not None:
+        tidy_up(emb.stack)
 
 
 def report(fig: Figures) -> Figures:

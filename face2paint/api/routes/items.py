@@ -8,8 +8,8 @@ from fastapi.responses import FileResponse, RedirectResponse
 from ...jobs.db import unit_of_work
 from ...jobs.lookup import get_result_key, list_items
 from .. import schemas
-from ..errors import answers
 from ..deps import ItemId, JobId, OwnerDep, SessionDep, SettingsDep, StorageDep
+from ..errors import answers
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 

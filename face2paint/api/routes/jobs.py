@@ -13,8 +13,8 @@ from ...jobs.db import unit_of_work
 from ...jobs.listing import list_jobs
 from ...jobs.lookup import get_job
 from .. import metrics, schemas
-from ..errors import answers
 from ..deps import Cursor, EnqueuerDep, IdempotencyKey, JobId, OwnerDep, SessionDep, SettingsDep, StorageDep
+from ..errors import answers
 from ..options import JobOptionsDep
 from ..uploads import read_uploads
 

@@ -167,8 +167,9 @@ class RateLimiter:
 
     @classmethod
     def from_settings(cls, settings) -> "RateLimiter":
+        auth_failures = getattr(settings, "auth_failures_per_minute", 0)
         client = None
-        if settings.rate_limit_per_minute > 0 or settings.auth_failures_per_minute > 0:
+        if settings.rate_limit_per_minute > 0 or auth_failures > 0:
             client = redis_client_for(settings.broker_url)
             if client is None:
                 log.warning(
@@ -176,7 +177,7 @@ class RateLimiter:
                     urlsplit(settings.broker_url or "").scheme or "unset",
                 )
         return cls(settings.rate_limit_per_minute, client,
-                   auth_failures_per_minute=settings.auth_failures_per_minute)
+                   auth_failures_per_minute=auth_failures)
 
     @property
     def enabled(self) -> bool:

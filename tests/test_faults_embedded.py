@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -190,6 +191,10 @@ def report(fig: Figures) -> Figures:
     return fig
 
 
+def _since(finished_at, t0) -> float | None:
+    return (finished_at - t0).total_seconds() if finished_at else None
+
+
 def assert_worker_alive(st) -> None:
     assert st.procs["worker0"].poll() is None, "the worker exited; see its log"
 
@@ -205,8 +210,9 @@ def test_pool_process_killed_mid_stage(emb, client, tmp_path, stage):
     pid = wait_paused(st, stage, ids[victim])
     _, killed_at = kill_pool_child(st, pid)
     job = wait_job(emb.db, job_id)
-    fig, _ = audit(emb.db, emb.storage, job_id, f"embedded: pool process SIGKILL mid-{stage}")
+    fig, items = audit(emb.db, emb.storage, job_id, f"embedded: pool process SIGKILL mid-{stage}")
     rows = attempts_of(emb.db, ids[victim], stage)
+    fig.recovery_s = _since(items[victim].finished_at, killed_at)
     report(fig)
     assert job is not None and job.status == "succeeded", (job and job.status)
     assert_clean(fig)
@@ -221,10 +227,11 @@ def test_whole_worker_killed_and_restarted(emb, client, tmp_path):
     victim = "pause-stylize-whole-worker.png"
     job_id, ids = submit(client, tmp_path, [victim, "sibling-1.png"])
     wait_paused(st, "stylize", ids[victim])
-    kill_whole_worker(st, "worker0")
+    killed_at = kill_whole_worker(st, "worker0")
     st.start_worker(0)
     job = wait_job(emb.db, job_id, timeout_s=3 * STAGE_TIMEOUT_S + 180)
-    fig, _ = audit(emb.db, emb.storage, job_id, "embedded: whole worker SIGKILL mid-stylize")
+    fig, items = audit(emb.db, emb.storage, job_id, "embedded: whole worker SIGKILL mid-stylize")
+    fig.recovery_s = _since(items[victim].finished_at, killed_at)
     report(fig)
     assert job is not None and job.status == "succeeded", (job and job.status)
     assert_clean(fig)
@@ -275,12 +282,14 @@ def test_face2paint_up_killed_and_restarted(tmp_path):
         redis_pids = [p.pid for p in started if "redis" in " ".join(p.cmdline())]
         up.kill()
         up.wait(30)
+        killed_at = datetime.now(UTC)
         # Its API and worker (and the worker's pool) go with it: nothing left holding the port.
         left = _wait_gone([p.pid for p in started if p.pid not in redis_pids])
         assert not left, [psutil.Process(p).cmdline() for p in left if psutil.pid_exists(p)]
         second, key = _up(home, port)
         job = wait_job(db, job_id, timeout_s=3 * STAGE_TIMEOUT_S + 180)
-        fig, _ = audit(db, storage, job_id, "embedded: `face2paint up` SIGKILL mid-stylize")
+        fig, items = audit(db, storage, job_id, "embedded: `face2paint up` SIGKILL mid-stylize")
+        fig.recovery_s = _since(items[victim].finished_at, killed_at)
         report(fig)
         assert job is not None and job.status == "succeeded", (job and job.status)
         assert_clean(fig)

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     stage_timeout_s: int = 600
     rate_limit_per_minute: int = 120
+    # Failed authentications per client address per minute (429 beyond); <= 0: no limit.
+    auth_failures_per_minute: int = 30
 
     # The API's sweeper: how often it looks for items a crash left behind, and how long a
     # committed item may stay unpublished before it is sent.

@@ -128,6 +128,11 @@ def after_each(stack, pg_server, redis_server, s3_server):
     for server in (pg_server, redis_server, s3_server):
         if not server.running:
             server.start()
+    tidy_up(stack)
+
+
+def tidy_up(stack) -> None:
+    """Paused stages released, every worker running, each process's log tail printed."""
     for paused in stack.faults_dir.glob("paused.*"):
         (stack.faults_dir / paused.name.replace("paused.", "release.", 1)).touch()
     for i in range(stack.n_workers):

@@ -6,11 +6,17 @@ Owns:
     routes/         one module per resource (jobs, items, health); add a file, list it there
     options.py      JobOptions / ParamsOptions: job options, unknown keys refused (422)
     uploads.py      sniffing uploads by their header (Pillow only)
-    schemas.py      response models                  errors.py   domain errors -> HTTP status
-    auth.py         API keys from headers, rate-limit tokens (ratelimit.py: the buckets)
+    schemas.py      response models
+    errors.py       every error answer (domain errors -> status, 422, 503/507) and the 4xx
+                    answers each route's OpenAPI declares
+    auth.py         API keys from headers, rate-limit tokens (ratelimit.py: the buckets),
+                    the per-address limit on failed authentication
+    authenticate.py the Authenticate middleware: the key checked before the body is read
+    logs.py         escaping client text for log lines and messages (a filter on every handler)
     publishing.py   Enqueuer: publish then mark, and the `submit` fault seam under test
     sweeper.py      re-publishes what a crash left behind
-    body_limit.py   413 before an oversized body is read    metrics.py  /metrics
+    body_limit.py   413 before an oversized body is read, 400 for ambiguous body framing
+    metrics.py      /metrics
 
 May import: jobs/, settings, models.registry and models.types (numpy only), worker.app (to
 publish by task name; it imports no model code) and worker.faults (enabled/hit, at the seam).

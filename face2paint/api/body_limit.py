@@ -1,4 +1,5 @@
-"""Refusing request bodies too large to hold an acceptable upload, before anything reads them."""
+"""Refusing request bodies too large to hold an acceptable upload, or framed ambiguously,
+before anything reads them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from ..settings import Settings
 # Multipart framing per part (boundary, headers) and the form fields besides the files.
 _PART_OVERHEAD = 16 * 1024
 _FORM_OVERHEAD = 1024 * 1024
+AMBIGUOUS = ("a request may have Content-Length or Transfer-Encoding, not both; "
+             "send one of them")
 
 
 def max_request_bytes(settings: Settings) -> int:
@@ -39,9 +42,9 @@ class BodyLimit:
         return (f"request body larger than {self.max_bytes} bytes "
                 "(FACE2PAINT_MAX_UPLOAD_BYTES per file x FACE2PAINT_MAX_FILES_PER_JOB)")
 
-    async def _reject(self, send) -> None:
-        body = json.dumps({"detail": self._message()}).encode()
-        await send({"type": "http.response.start", "status": 413,
+    async def _reject(self, send, status: int = 413, message: str | None = None) -> None:
+        body = json.dumps({"detail": message or self._message()}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
@@ -50,14 +53,18 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
-                    return await self._reject(send)
+        lengths = [v for k, v in scope.get("headers", ()) if k == b"content-length"]
+        if lengths and any(k == b"transfer-encoding" for k, _ in scope.get("headers", ())):
+            # Conformant servers let Transfer-Encoding win, but a proxy in front that trusts
+            # Content-Length would see another request boundary (request smuggling).
+            return await self._reject(send, 400, AMBIGUOUS)
+        for value in lengths:
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = 0
+            if declared > self.max_bytes:
+                return await self._reject(send)
         seen = 0
         started = False
 

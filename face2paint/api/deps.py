@@ -1,23 +1,27 @@
 """The dependencies routes take as parameters, declared once as Annotated types.
 
-One database session per request: SessionDep opens it, the owner lookup and the route share
-it (FastAPI caches a dependency within a request), and it is closed when the route returns,
-before the response is sent. Routes run their database work in `with unit_of_work(session):`
-blocks (jobs/__init__.py).
+One database session per request: on a route that takes OwnerDep, the Authenticate middleware
+opened it for the key lookup (before the body was read) and SessionDep hands the same one on;
+elsewhere SessionDep opens it. It is closed when the route returns, before the response is
+sent. Routes run their database work in `with unit_of_work(session):` blocks (jobs/__init__.py).
+
+Every path, query and header parameter has a shape checked here at the edge (422 otherwise),
+so nothing unchecked reaches SQL: ids (JobId, ItemId), the list cursor (Cursor; its content is
+checked by jobs.listing), the Idempotency-Key (IdempotencyKey).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Iterator, Optional
 
-from fastapi import Depends, Header, Path, Request, Response
+from fastapi import Depends, Header, Path, Query, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from ..jobs.api_keys import owner_for_key
-from ..jobs.db import unit_of_work
 from ..jobs.storage import Storage
 from ..settings import Settings
-from .auth import key_from_headers, take_token, unknown_key
+from .auth import authenticate
+from .authenticate import STATE_OWNER, STATE_SESSION
 from .publishing import Enqueuer
 
 
@@ -26,7 +30,10 @@ def app_settings(request: Request) -> Settings:
 
 
 def request_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
+    session = getattr(request.state, STATE_SESSION, None)  # the middleware's, when it ran
+    if session is None:
+        session = request.app.state.sessions()
+    with session:
         yield session
 
 
@@ -50,23 +57,38 @@ EnqueuerDep = Annotated[Enqueuer, Depends(app_enqueuer)]
 ID_PATTERN = r"^[0-9a-f]{32}$"
 JobId = Annotated[str, Path(pattern=ID_PATTERN, min_length=32, max_length=32, description="A job id.")]
 ItemId = Annotated[str, Path(pattern=ID_PATTERN, min_length=32, max_length=32, description="An item id.")]
+# A cursor is base64url of a short JSON array (jobs.listing.encode_cursor); its content is
+# checked when it is decoded (400), its shape here (422).
+CURSOR_MAX = 256
+Cursor = Annotated[Optional[str], Query(max_length=CURSOR_MAX, pattern=r"^[A-Za-z0-9_-]+={0,2}$",
+                                        description="The next_cursor of the previous page.")]
+# Printable ASCII, no leading or trailing space (jobs.idempotency also caps it at 255).
+IdempotencyKey = Annotated[Optional[str], Header(
+    alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[!-~]([ -~]*[!-~])?$",
+    description="Repeat a request with the same key to get the same job (printable ASCII).")]
+
+# Declared for the OpenAPI document (and /docs' Authorize button); the Authenticate middleware
+# reads the same headers itself before the body.
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer KEY`")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: KEY`")
 
 
 def require_owner(
     request: Request,
-    response: Response,
     session: SessionDep,
-    authorization: Annotated[Optional[str], Header()] = None,
-    x_api_key: Annotated[Optional[str], Header()] = None,
+    bearer: Annotated[Optional[HTTPAuthorizationCredentials], Security(_bearer)] = None,
+    x_api_key: Annotated[Optional[str], Security(_api_key_header)] = None,
 ) -> str:
-    """The owner of the request's API key (401 without a valid one), after its rate limit."""
-    key = key_from_headers(authorization, x_api_key)
-    with unit_of_work(session):
-        owner = owner_for_key(session, key)
-    if owner is None:
-        raise unknown_key()
-    take_token(getattr(request.app.state, "limiter", None), request.method, key, response)
-    return owner
+    """The owner of the request's API key. The Authenticate middleware has checked it (401 and
+    429 before the body); a route it did not cover (an app built without it) checks here."""
+    owner = getattr(request.state, STATE_OWNER, None)
+    if owner is not None:
+        return owner
+    client = request.client
+    auth = authenticate(lambda: session, getattr(request.app.state, "limiter", None),
+                        request.method, request.headers.get("authorization"), x_api_key,
+                        client.host if client else "unknown")
+    return auth.owner
 
 
 OwnerDep = Annotated[str, Depends(require_owner)]

@@ -18,6 +18,11 @@ Design:
   the limiter stays in the process for REDIS_RETRY_S before trying Redis again, so requests
   don't each wait for a connect timeout.
 - `rate_limit_per_minute` <= 0 turns limiting off.
+- Failed authentication has its own buckets, one per client address (the key is unknown, so
+  it cannot be the bucket): `auth_failures_per_minute` failures a minute, the same burst. A
+  request from an address whose bucket is empty is refused (429) before its key is looked up,
+  valid key or not, so guessing keys costs the database nothing. Peeking at a bucket takes
+  no token (cost 0); each failure takes one. <= 0 turns this limit off.
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ READ_MULTIPLIER = 20
 KEY_PREFIX = "face2paint:ratelimit:"
 REDIS_RETRY_S = 5.0  # after a Redis error, use the in-process buckets this long
 
-# KEYS[1] bucket; ARGV: capacity, refill tokens per second.
+# KEYS[1] bucket; ARGV: capacity, refill tokens per second, tokens to take (0 = only look).
 # Returns {allowed (0/1), tokens left (string), seconds until a token is available (string)}.
 _LUA = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
@@ -55,7 +61,7 @@ tokens = math.min(capacity, tokens + elapsed * rate)
 local allowed = 0
 local retry = 0
 if tokens >= 1 then
-  tokens = tokens - 1
+  tokens = tokens - cost
   allowed = 1
 else
   retry = (1 - tokens) / rate
@@ -86,13 +92,13 @@ class MemoryBuckets:
         self._lock = threading.Lock()
         self._max_keys = max_keys
 
-    def take(self, bucket: str, capacity: float, rate: float) -> tuple[bool, float, float]:
+    def take(self, bucket: str, capacity: float, rate: float, cost: int = 1) -> tuple[bool, float, float]:
         now = time.monotonic()
         with self._lock:
             tokens, ts = self._buckets.get(bucket, (capacity, now))
             tokens = min(capacity, tokens + max(0.0, now - ts) * rate)
             if tokens >= 1:
-                tokens -= 1
+                tokens -= cost
                 allowed, retry = True, 0.0
             else:
                 allowed, retry = False, (1 - tokens) / rate
@@ -111,8 +117,8 @@ class RedisBuckets:
         self.client = client
         self._script = client.register_script(_LUA)
 
-    def take(self, bucket: str, capacity: float, rate: float) -> tuple[bool, float, float]:
-        allowed, tokens, retry = self._script(keys=[bucket], args=[capacity, rate])
+    def take(self, bucket: str, capacity: float, rate: float, cost: int = 1) -> tuple[bool, float, float]:
+        allowed, tokens, retry = self._script(keys=[bucket], args=[capacity, rate, cost])
         return bool(int(allowed)), float(tokens), float(retry)
 
 
@@ -149,8 +155,10 @@ def redis_client_for(broker_url: str | None):
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int, redis_client=None, read_multiplier: int = READ_MULTIPLIER):
+    def __init__(self, per_minute: int, redis_client=None, read_multiplier: int = READ_MULTIPLIER,
+                 auth_failures_per_minute: int = 0):
         self.per_minute = int(per_minute)
+        self.auth_failures_per_minute = int(auth_failures_per_minute)
         self.read_multiplier = read_multiplier
         self.memory = MemoryBuckets()
         self.redis = RedisBuckets(redis_client) if redis_client is not None else None
@@ -159,15 +167,17 @@ class RateLimiter:
 
     @classmethod
     def from_settings(cls, settings) -> "RateLimiter":
+        auth_failures = getattr(settings, "auth_failures_per_minute", 0)
         client = None
-        if settings.rate_limit_per_minute > 0:
+        if settings.rate_limit_per_minute > 0 or auth_failures > 0:
             client = redis_client_for(settings.broker_url)
             if client is None:
                 log.warning(
                     "rate limits are kept per API process: the broker (%s) is not Redis",
                     urlsplit(settings.broker_url or "").scheme or "unset",
                 )
-        return cls(settings.rate_limit_per_minute, client)
+        return cls(settings.rate_limit_per_minute, client,
+                   auth_failures_per_minute=auth_failures)
 
     @property
     def enabled(self) -> bool:
@@ -182,14 +192,23 @@ class RateLimiter:
 
     def check(self, key_hash: str, kind: str) -> Decision:
         """Take one token from the key's bucket of this kind ("read" or "write")."""
-        limit = self.limit_for(kind)
+        return self._take(f"{KEY_PREFIX}{kind}:{key_hash}", self.limit_for(kind))
+
+    def auth_blocked(self, address: str) -> Decision:
+        """Whether `address` may still try to authenticate (takes nothing)."""
+        return self._take(f"{KEY_PREFIX}authfail:{address}", self.auth_failures_per_minute, cost=0)
+
+    def auth_failed(self, address: str) -> Decision:
+        """Count one failed authentication from `address`."""
+        return self._take(f"{KEY_PREFIX}authfail:{address}", self.auth_failures_per_minute)
+
+    def _take(self, bucket: str, limit: int, cost: int = 1) -> Decision:
         if limit <= 0:
             return Decision(True, 0, 0, 0.0)
         capacity, rate = float(limit), limit / 60.0
-        bucket = f"{KEY_PREFIX}{kind}:{key_hash}"
         if self.redis is not None and time.monotonic() >= self._redis_down_until:
             try:
-                allowed, tokens, retry = self.redis.take(bucket, capacity, rate)
+                allowed, tokens, retry = self.redis.take(bucket, capacity, rate, cost)
                 return Decision(allowed, limit, int(tokens), retry)
             except Exception as e:  # noqa: BLE001 - an unreachable Redis must not fail requests
                 now = time.monotonic()
@@ -199,7 +218,7 @@ class RateLimiter:
                     self._warned_at = now
                     log.warning("rate limiter: Redis unavailable (%s); limiting per process "
                                 "for the next %.0f s", type(e).__name__, REDIS_RETRY_S)
-        allowed, tokens, retry = self.memory.take(bucket, capacity, rate)
+        allowed, tokens, retry = self.memory.take(bucket, capacity, rate, cost)
         return Decision(allowed, limit, int(tokens), retry)
 
     def close(self) -> None:

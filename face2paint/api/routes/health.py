@@ -19,7 +19,7 @@ def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "The database, the broker or the storage does not answer."}})
 def readyz(request: Request, session: SessionDep, storage: StorageDep):
     """Ready when the database, the broker and the storage all answer."""
     checks = {}

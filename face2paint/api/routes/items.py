@@ -14,6 +14,7 @@ from ...models.image_io import OUTPUT_FORMATS
 from .. import schemas
 from ..deps import ItemId, JobId, OwnerDep, SessionDep, SettingsDep, StorageDep
 from ..downloads import content_disposition, extension_of, object_chunks, result_name
+from ..errors import answers
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 _MEDIA = {f.extension: f.mime for f in OUTPUT_FORMATS.values()}

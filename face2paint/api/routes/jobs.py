@@ -3,9 +3,9 @@ owner's jobs (404 for anybody else's, so ids reveal nothing)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
-from fastapi import APIRouter, File, Header, Query, UploadFile
+from fastapi import APIRouter, File, Query, UploadFile
 
 from ...jobs.cancel import cancel_job
 from ...jobs.create import create_job
@@ -13,15 +13,19 @@ from ...jobs.db import unit_of_work
 from ...jobs.listing import list_jobs
 from ...jobs.lookup import get_job
 from .. import metrics, schemas
-from ..deps import EnqueuerDep, JobId, OwnerDep, SessionDep, SettingsDep, StorageDep
+from ..deps import Cursor, EnqueuerDep, IdempotencyKey, JobId, OwnerDep, SessionDep, SettingsDep, StorageDep
+from ..errors import answers
 from ..options import JobOptionsDep
 from ..uploads import read_uploads
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
-@router.post("/jobs", status_code=202, response_model=schemas.JobOut)
-async def submit_job(
+# A sync route: it runs in the thread pool, so storing the files and the commits never hold up
+# the event loop. FastAPI has parsed the multipart form (spooling big files to disk) before.
+@router.post("/jobs", status_code=202, response_model=schemas.JobOut,
+             responses=answers(409, 415))
+def submit_job(
     session: SessionDep,
     owner: OwnerDep,
     settings: SettingsDep,
@@ -29,11 +33,11 @@ async def submit_job(
     enqueuer: EnqueuerDep,
     options: JobOptionsDep,
     files: Annotated[list[UploadFile], File(description="The photos, one part each.")] = None,
-    idempotency_key: Annotated[Optional[str], Header(alias="Idempotency-Key", max_length=200)] = None,
+    idempotency_key: IdempotencyKey = None,
 ):
     """Submit photos for processing; returns the job at once (202) and processes it in the
     background. Repeating a request with the same Idempotency-Key returns the same job."""
-    uploads = await read_uploads(files or [], settings)
+    uploads = read_uploads(files or [], settings)
     # Two workflows that open their own units of work: the job is committed, then published.
     job, created = create_job(session, storage, owner, uploads, options.stored(), idempotency_key,
                               settings=settings)
@@ -43,11 +47,11 @@ async def submit_job(
     return schemas.job_out(job)
 
 
-@router.get("/jobs", response_model=schemas.JobPage)
+@router.get("/jobs", response_model=schemas.JobPage, responses=answers(400))
 def list_owner_jobs(
     session: SessionDep,
     owner: OwnerDep,
-    cursor: Optional[str] = None,
+    cursor: Cursor = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ):
     with unit_of_work(session):

@@ -238,6 +238,9 @@ def test_every_route_checks_ownership(stack, new_key, finished_job):
         ("GET", "/v1/jobs/{job_id}"),
         ("GET", "/v1/jobs/{job_id}/items"),
         ("GET", "/v1/jobs/{job_id}/items/{item_id}/result"),
+        ("GET", "/v1/jobs/{job_id}/items/{item_id}/input"),
+        ("GET", "/v1/jobs/{job_id}/events"),
+        ("GET", "/v1/jobs/{job_id}/results.zip"),
         ("POST", "/v1/jobs/{job_id}/cancel"),
     }
     # Every route of the API with an id in its path is covered here.
@@ -275,7 +278,8 @@ def test_every_route_checks_ownership(stack, new_key, finished_job):
             expected = 422 if who.startswith("very long") else 404
             assert r.status_code == expected, (who, method, template, r.status_code, r.text[:200])
             checked += 1
-    assert checked == 3 * len(job_cases) + len(item_cases)
+    n_item_routes = sum(1 for _, t in routes if "{item_id}" in t)
+    assert checked == (len(routes) - n_item_routes) * len(job_cases) + n_item_routes * len(item_cases)
     # Mallory's list holds only her own job; the job she could not see is still alice's, intact.
     assert [j["id"] for j in mallory.get("/v1/jobs").json()["jobs"]] == [m_job["id"]]
     assert alice.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded"

@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         from ..worker.app import make_celery
+        from ..worker.capabilities import Catalog
 
         logs.install()  # the server has set up its logging by now
         state = app.state
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
         state.limiter = RateLimiter.from_settings(settings)
         state.celery = make_celery(settings)
         state.enqueuer = Enqueuer.for_celery(state.celery)
+        state.catalog = Catalog.from_settings(settings)  # which models the workers hold
         task = asyncio.create_task(sweep_forever(app)) if sweeper else None
         try:
             yield
@@ -53,6 +55,7 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
             if task:
                 task.cancel()
             state.limiter.close()
+            state.catalog.close()
             state.engine.dispose()
 
     app = FastAPI(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Response, UploadFile
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 
 from ...jobs.cancel import cancel_job
 from ...jobs.create import create_job
@@ -17,7 +17,8 @@ from ...jobs.states import ItemState
 from ...jobs.retention import mark_deleted, mark_purged, purge_objects
 from .. import metrics, schemas
 from ..deps import Cursor, EnqueuerDep, IdempotencyKey, JobId, OwnerDep, SessionDep, SettingsDep, StorageDep
-from ..errors import answers
+from ..errors import ErrorOut, answers
+from ..servable import check_servable
 from ..options import JobOptionsDep
 from ..uploads import read_uploads
 
@@ -28,8 +29,11 @@ log = logging.getLogger("face2paint.api")
 # A sync route: it runs in the thread pool, so storing the files and the commits never hold up
 # the event loop. FastAPI has parsed the multipart form (spooling big files to disk) before.
 @router.post("/jobs", status_code=202, response_model=schemas.JobOut,
-             responses=answers(409, 415))
+             responses={**answers(409, 415), 503: {"model": ErrorOut, "description": (
+                 "No running worker holds the weights of the style; the answer lists the "
+                 "styles that can run.")}})
 def submit_job(
+    request: Request,
     session: SessionDep,
     owner: OwnerDep,
     settings: SettingsDep,
@@ -41,6 +45,7 @@ def submit_job(
 ):
     """Submit photos for processing; returns the job at once (202) and processes it in the
     background. Repeating a request with the same Idempotency-Key returns the same job."""
+    check_servable(options.style, getattr(request.app.state, "catalog", None))
     uploads = read_uploads(files or [], settings)
     # Two workflows that open their own units of work: the job is committed, then published.
     job, created = create_job(session, storage, owner, uploads, options.stored(), idempotency_key,

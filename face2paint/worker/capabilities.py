@@ -141,8 +141,10 @@ def install(app) -> None:
                 self.queues = [q.name for q in worker.app.amqp.queues.consume_from.values()]
             except Exception:  # noqa: BLE001
                 self.queues = []
-            # Checksums of the model files take a moment: off the worker's event loop.
-            threading.Thread(target=self.beat, daemon=True, name="publish-models").start()
+            # On the worker's timer, never in a thread of its own: the prefork pool forks from
+            # this process, and a child forked while a thread holds a lock (logging, imports)
+            # deadlocks. The first beat (checksums of the model files) comes right after start.
+            self.first = worker.timer.call_after(0.1, self.beat, priority=10)
             self.tref = worker.timer.call_repeatedly(PUBLISH_EVERY_S, self.beat, priority=10)
 
         def beat(self):
@@ -155,9 +157,10 @@ def install(app) -> None:
                 log.warning("could not publish this worker's models: %r", e)
 
         def stop(self, worker):
-            if self.tref is not None:
-                self.tref.cancel()
-                self.tref = None
+            for tref in (getattr(self, "first", None), self.tref):
+                if tref is not None:
+                    tref.cancel()
+            self.tref = self.first = None
             if self.client is not None:
                 try:
                     withdraw(self.client, self.name)

@@ -1,4 +1,4 @@
-"""`face2paint up` and `face2paint keys` as a new user meets them, as real processes:
+"""`face2paint up`, `run` and `keys` as a new user meets them, as real processes:
 
 - one key store per FACE2PAINT_HOME: a key from `keys create` works against `up`;
 - `up` prints the same local key at every start (kept in HOME/api-key, mode 0600), and a
@@ -6,7 +6,10 @@
 - SIGTERM stops everything `up` started (uvicorn, the Celery worker and its pool, the
   embedded Redis) and leaves no temporary folder behind;
 - a port in use is one line with the way out, not a traceback;
-- the worker publishes its models: a style whose weights it lacks is refused at submit (503).
+- the worker publishes its models: a style whose weights it lacks is refused at submit (503);
+  the job and its items say which models ran;
+- `run` interrupted (SIGTERM) keeps the results already written and says how many, stops
+  what it started, and lists the files of the folder it skipped as not images.
 """
 
 from __future__ import annotations
@@ -137,6 +140,20 @@ def test_up_keys_sigterm_and_port_in_use(tmp_path):
         ok = httpx.post(f"{api}/v1/jobs", headers=H, files=[("files", ("a.png", _png(), "image/png"))],
                         data={"options": json.dumps({"style": "classical-cartoon", "face2paint": False})})
         assert ok.status_code == 202, ok.text
+        job_id = ok.json()["id"]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            job = httpx.get(f"{api}/v1/jobs/{job_id}", headers=H).json()
+            if job["status"] not in ("queued", "running"):
+                break
+            time.sleep(1)
+        assert job["status"] == "succeeded", job
+        assert job["models"] == {"stylize": ["classical-cartoon"], "stylize_background": ["classical-cartoon"]}
+        (item,) = httpx.get(f"{api}/v1/jobs/{job_id}/items", headers=H).json()
+        assert item["models"] == {"stylize": "classical-cartoon", "stylize_background": "classical-cartoon"}
+        # The finished item keeps its input and result, no stage artifact.
+        left = sorted(p.name for p in (home / "storage" / "jobs" / job_id).rglob("*") if p.is_file())
+        assert left == ["input.png", "result.png"], left
 
         # SIGTERM: nothing it started is left, and no temporary folder either.
         assert _sigterm(up, tmp) == []
@@ -180,3 +197,47 @@ def test_keys_create_with_the_database_down_is_one_line(tmp_path):
     assert r.returncode == 2
     assert "unreachable" in r.stderr and "FACE2PAINT_DATABASE_URL" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 3
+
+
+def test_run_interrupted_keeps_finished_results_and_stops_everything(tmp_path):
+    home, tmp, models = tmp_path / "home", tmp_path / "tmp", tmp_path / "no-weights"
+    for d in (tmp, models, tmp_path / "faults"):
+        d.mkdir()
+    src, out = tmp_path / "photos", tmp_path / "results"
+    src.mkdir()
+    for name, color in (("a.png", "red"), ("b.png", "green"), ("pause-c.png", "blue")):
+        Image.new("RGB", (32, 32), color).save(src / name)
+    (src / "notes.txt").write_text("not a photo")
+    env = {**_env(home, tmp, models), "FACE2PAINT_FAULTS": "pause:stylize:pause-",
+           "FACE2PAINT_FAULTS_DIR": str(tmp_path / "faults")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "face2paint.cli.main", "run", str(src), "--out", str(out),
+         "--no-face2paint", "--style", "classical-cartoon"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # Wait until the two others are written and the third is held in its stylize stage.
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            written = sorted(p.name for p in out.glob("*.png")) if out.exists() else []
+            if written == ["a.png", "b.png"] and list((tmp_path / "faults").glob("paused.stylize.*")):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"run did not get there: {proc.poll()}, {out.exists() and list(out.iterdir())}")
+        children = psutil.Process(proc.pid).children(recursive=True)
+        children += [p for p in psutil.process_iter(["cmdline"])
+                     if "redis-server" in " ".join(p.info["cmdline"] or ()) and str(tmp) in " ".join(p.info["cmdline"] or ())]
+        assert len(children) >= 3
+        proc.send_signal(signal.SIGTERM)
+        log, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, log
+    assert "skipped 1 file" in log and "notes.txt" in log
+    assert "interrupted (SIGTERM)" in log and f"2 finished results kept in {out}" in log, log
+    assert "Traceback" not in log
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    time.sleep(1)
+    assert [p.pid for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    assert _folders(tmp) == []

@@ -241,3 +241,15 @@ def test_run_interrupted_keeps_finished_results_and_stops_everything(tmp_path):
     time.sleep(1)
     assert [p.pid for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
     assert _folders(tmp) == []
+
+
+def test_run_against_an_api_that_is_not_there_is_one_line(tmp_path):
+    photo = tmp_path / "a.png"
+    Image.new("RGB", (16, 16), "red").save(photo)
+    env = _env(tmp_path / "home", tmp_path, tmp_path)
+    port = free_port()
+    r = _cli(env, "run", str(photo), "--out", str(tmp_path / "out"), "--api",
+             f"http://127.0.0.1:{port}", "--api-key", "f2p_x", timeout=60)
+    assert r.returncode == 1
+    assert f"cannot reach the API at http://127.0.0.1:{port}" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout and len(r.stderr.strip().splitlines()) <= 3

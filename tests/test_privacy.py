@@ -214,3 +214,63 @@ def test_canceled_and_failed_items_keep_no_artifacts_and_answer_410(api):
     assert r.status_code == 409 and "no result yet" in r.json()["detail"]
     progress = api.get(f"/v1/jobs/{failing}").json()["progress"]
     assert progress == {"done": 0, "failed": 1, "canceled": 0, "pending": 2, "total": 3}
+
+
+def test_a_stage_running_while_its_job_is_deleted_leaves_nothing(tmp_path):
+    """A real worker in the embedded stack, held in its stylize stage (fault point, right after
+    its first artifact) while the job is deleted: when it goes on, it finds its item canceled
+    and removes what it wrote after the purge."""
+    import time
+
+    from face2paint.cli.client import Client
+    from face2paint.cli.stack import EmbeddedStack
+    from face2paint.jobs.storage import LocalStorage
+    from face2paint.worker.faults import marker_path
+
+    home = tmp_path / "home"
+    faults, models = tmp_path / "faults", tmp_path / "no-weights"
+    faults.mkdir()
+    models.mkdir()
+    stack = EmbeddedStack(home)
+    stack.base_env.update(FACE2PAINT_MODEL_DIR=str(models), FACE2PAINT_FAULTS="pause:stylize:hold-",
+                          FACE2PAINT_FAULTS_DIR=str(faults))
+    photos = []
+    for name in ("hold-me.png", "free.png"):
+        Image.new("RGB", (32, 32), "red").save(tmp_path / name)
+        photos.append(tmp_path / name)
+    storage = LocalStorage(home / "storage")
+    try:
+        stack.start()
+        client = Client(stack.api_url, stack.api_key)
+        job = client.submit(photos, {"style": "classical-cartoon", "face2paint": False})
+        held = next(i["id"] for i in client.items(job["id"]) if i["filename"] == "hold-me.png")
+        paused = marker_path(faults, "paused", "stylize", held)
+        deadline = time.monotonic() + 120
+        while not paused.exists():
+            assert time.monotonic() < deadline, "the stylize stage never paused"
+            time.sleep(0.1)
+        r = client.http.delete(f"/v1/jobs/{job['id']}")
+        assert r.status_code == 204
+        assert storage.list(f"jobs/{job['id']}/") == []
+        marker_path(faults, "release", "stylize", held).touch()
+        # The stage goes on, writes its second artifact into the purged prefix, finds its item
+        # canceled and removes what it wrote.
+        from face2paint.jobs.db import StageAttempt, make_engine, session_factory
+
+        engine = make_engine(f"sqlite:///{home / 'face2paint.db'}")
+        db = session_factory(engine)
+        deadline, attempt = time.monotonic() + 60, None
+        while time.monotonic() < deadline:
+            with db() as s:
+                attempt = s.query(StageAttempt).filter_by(item_id=held, stage="stylize").one_or_none()
+                if attempt is not None and attempt.finished_at is not None:
+                    break
+            time.sleep(0.2)
+        engine.dispose()
+        assert attempt is not None and attempt.finished_at is not None, "the held stage never ended"
+        time.sleep(1)  # its clean-up follows its last commit
+        assert storage.list(f"jobs/{job['id']}/") == []
+        assert client.http.get(f"/v1/jobs/{job['id']}").status_code == 404
+        client.close()
+    finally:
+        stack.stop()

@@ -253,3 +253,12 @@ def test_run_against_an_api_that_is_not_there_is_one_line(tmp_path):
     assert r.returncode == 1
     assert f"cannot reach the API at http://127.0.0.1:{port}" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout and len(r.stderr.strip().splitlines()) <= 3
+
+
+def test_a_command_whose_database_is_down_says_so_in_one_line(tmp_path):
+    env = _env(tmp_path, tmp_path, tmp_path)
+    env["FACE2PAINT_DATABASE_URL"] = f"postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=2"
+    r = _cli(env, "migrate", timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: the database is unreachable") and "FACE2PAINT_DATABASE_URL" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2

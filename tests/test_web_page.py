@@ -223,6 +223,11 @@ def test_the_page_takes_photos_to_results(stack, browser, tmp_path):
     page.click("#jobs tr button[data-job]")
     _wait_items(page, 2)
     tab.shot("earlier-job")
+    # Deleted from the page (after its confirmation): the job and its photos are gone.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete")
+    page.wait_for_selector("#job", state="hidden")
+    assert httpx.get(f"{stack.api_url}/v1/jobs/{job_id}", headers=auth).status_code == 404
 
     # The API's docs, from local files: Swagger UI with its Authorize button, and ReDoc.
     page.goto(f"{stack.api_url}/docs")

@@ -457,6 +457,21 @@ async function cancelJob() {
   }
 }
 
+async function deleteJob() {
+  if (!state.job) return;
+  const id = state.job.id;
+  if (!window.confirm("Delete this job? Its photos and results are removed from the server.")) return;
+  try {
+    await api(`/v1/jobs/${id}`, { method: "DELETE" });
+    state.job = null;
+    $("job").hidden = true;
+    loadJobs(state.page);
+  } catch (e) {
+    $("job-error").hidden = false;
+    $("job-error").textContent = `not deleted: ${e.message}`;
+  }
+}
+
 // --- earlier jobs ----------------------------------------------------------------------------
 
 async function loadJobs(page) {
@@ -531,6 +546,7 @@ function wire() {
   $("face2paint").addEventListener("change", (ev) => { $("params-box").classList.toggle("off", !ev.target.checked); });
   $("zip").addEventListener("click", downloadZip);
   $("cancel").addEventListener("click", cancelJob);
+  $("delete").addEventListener("click", deleteJob);
   $("jobs-refresh").addEventListener("click", () => loadJobs(state.page));
   $("jobs-newer").addEventListener("click", () => loadJobs(Math.max(0, state.page - 1)));
   $("jobs-older").addEventListener("click", () => loadJobs(state.page + 1));

@@ -18,9 +18,13 @@ def test_face2paint_run_embedded(tmp_path):
     shutil.copy(faces_dir() / "pil_hopper_gray.jpg", src / "hopper.jpg")
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "results"
-    env = {**os.environ, "HOME": str(tmp_path), "FACE2PAINT_HOME": str(tmp_path / ".face2paint"),
-           "FACE2PAINT_MODEL_DIR": str(model_dir())}
-    for k in ("FACE2PAINT_DATABASE_URL", "FACE2PAINT_BROKER_URL", "FACE2PAINT_STORAGE_URL"):
+    # The weights where `face2paint models pull` puts them (FACE2PAINT_HOME/models), with no
+    # FACE2PAINT_MODEL_DIR: the job runs in a temporary home, but its worker uses this cache.
+    (tmp_path / ".face2paint").mkdir()
+    (tmp_path / ".face2paint" / "models").symlink_to(model_dir(), target_is_directory=True)
+    env = {**os.environ, "HOME": str(tmp_path), "FACE2PAINT_HOME": str(tmp_path / ".face2paint")}
+    for k in ("FACE2PAINT_DATABASE_URL", "FACE2PAINT_BROKER_URL", "FACE2PAINT_STORAGE_URL",
+              "FACE2PAINT_MODEL_DIR", "FACE2PAINT_MODEL_CACHE_DIR"):
         env.pop(k, None)
     proc = subprocess.run(
         [sys.executable, "-m", "face2paint.cli.main", "run", str(src), "--out", str(out)],
@@ -29,6 +33,8 @@ def test_face2paint_run_embedded(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log  # one input is broken: reported, and the exit says so
     assert "stylize: animeganv2-hayao-int8 (best available)" in log
+    # ... and the worker ran it (it found the same cache).
+    assert "models used: " in log and "stylize: animeganv2-hayao-int8" in log.split("models used: ")[1]
     assert "broken.jpg" in log and "failed" in log
     assert Image.open(out / "astronaut.png").size == (512, 512)
     assert Image.open(out / "hopper.png").size == (128, 128)

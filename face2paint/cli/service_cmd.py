@@ -85,8 +85,11 @@ def run(
                     _describe_models(style)
                     from .stack import EmbeddedStack
 
+                    from ..settings import get_settings
+
                     tmp = Path(tempfile.mkdtemp(prefix="face2paint-run-"))
-                    stack = EmbeddedStack(tmp)
+                    # The job lives in a temporary home; the models come from the user's cache.
+                    stack = EmbeddedStack(tmp, model_cache_dir=get_settings().resolved_model_cache_dir)
                     console.print("starting the embedded stack (SQLite, local storage, embedded broker, API, 1 worker)")
                     try:
                         stack.start()
@@ -116,6 +119,9 @@ def run(
                     if item["status"] != ItemState.SUCCEEDED:
                         failed += 1
                         console.print(f"[red]{path}[/red]: {item['status']}: {item.get('error') or 'no reason given'}")
+                used = "; ".join(f"{role}: {', '.join(ids)}" for role, ids in (job.get("models") or {}).items())
+                if used:
+                    console.print(f"models used: {used}", soft_wrap=True)
                 console.print(f"job {job['status']}: {len(written)} of {len(files)} results written to {out}")
             except KeyboardInterrupt as e:
                 why = str(e) or "SIGINT"

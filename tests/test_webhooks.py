@@ -272,6 +272,65 @@ def test_lost_deliveries_are_published_again(domain):
         s.close()
 
 
+def test_the_sweeper_publishes_lost_deliveries(domain):
+    from face2paint.api.sweeper import sweep_webhooks_once
+    from face2paint.worker.app import make_celery, publish_outbox_after_commit
+
+    sessions, storage = domain
+    app = make_celery(Settings(broker_url="memory://"))
+    sent = []
+    app.send_task = lambda name, args, **kw: sent.append((name, args, kw["queue"]))
+    publish_outbox_after_commit(sessions, app)
+    job, _ = _job_with_a_rejected_upload(sessions, storage)
+    with session_scope(sessions) as s:
+        a, b = (d.id for d in webhooks.job_deliveries(s, job.id, "o"))
+    assert sorted(sent) == sorted(("face2paint.webhook", (d,), "webhooks") for d in (a, b))  # on commit
+    sent.clear()
+    with session_scope(sessions) as s:
+        for d in (a, b):
+            s.get(WebhookDelivery, d).created_at -= timedelta(minutes=10)
+    settings = Settings(webhook_lost_after_s=60)
+    assert sweep_webhooks_once(sessions, settings) == 2
+    assert sorted(sent) == sorted(("face2paint.webhook", (d,), "webhooks") for d in (a, b))
+    assert sweep_webhooks_once(sessions, settings) == 0  # their clocks restarted
+
+
+class _Answers(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["content-length"]))
+        if self.path == "/slow":
+            time.sleep(2)
+        status = {"/ok": 204, "/moved": 302, "/slow": 200}.get(self.path, 500)
+        self.send_response(status)
+        if status == 302:
+            self.send_header("location", "http://127.0.0.1:1/elsewhere")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_one_attempt_never_follows_redirects_and_times_out():
+    from face2paint.worker.webhooks import attempt
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        assert attempt(f"{base}/ok", "{}", {}, 5) == (204, None)
+        status, error = attempt(f"{base}/moved", "{}", {}, 5)
+        assert status == 302 and "redirects are not followed" in error
+        assert attempt(f"{base}/fail", "{}", {}, 5) == (500, "HTTP 500")
+        assert attempt(f"{base}/slow", "{}", {}, 0.5) == (None, "no answer within 0.5 s")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    status, error = attempt(base + "/ok", "{}", {}, 5)  # nobody listening any more
+    assert status is None and "ConnectError" in error
+
+
 # --- end to end over PostgreSQL, Redis and a worker --------------------------------------------
 
 

@@ -331,6 +331,40 @@ def test_one_attempt_never_follows_redirects_and_times_out():
     assert status is None and "ConnectError" in error
 
 
+def test_a_url_that_now_resolves_privately_is_refused_at_delivery(tmp_path, monkeypatch):
+    """The check runs again before each attempt (a host may change its address after submit)."""
+    from face2paint.settings import get_settings
+    from face2paint.worker import context
+    from face2paint.worker.webhooks import deliver
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    with session_scope(sessions) as s:
+        key = create_api_key(s, "o")
+    with session_scope(sessions) as s:
+        key_id = s.query(ApiKey).one().id
+    job, _ = _job_with_a_rejected_upload(sessions, LocalStorage(tmp_path / "st"),
+                                         webhook_url="http://127.0.0.1:9/x", webhook_key=key_id)
+    monkeypatch.setenv("FACE2PAINT_DATABASE_URL", url)
+    monkeypatch.delenv("FACE2PAINT_WEBHOOK_ALLOW_PRIVATE", raising=False)
+    get_settings.cache_clear()
+    monkeypatch.setattr(context, "_current", None)
+    try:
+        with session_scope(sessions) as s:
+            first = webhooks.job_deliveries(s, job.id, "o")[0].id
+        deliver(first)
+        with session_scope(sessions) as s:
+            row = s.get(WebhookDelivery, first)
+            assert row.failed_at is not None and row.attempts == 1 and row.last_status is None
+            assert "private, loopback" in row.last_error and key
+    finally:
+        get_settings.cache_clear()
+        context._current = None
+        engine.dispose()
+
+
 # --- end to end over PostgreSQL, Redis and a worker --------------------------------------------
 
 

@@ -64,6 +64,20 @@ class Settings(BaseSettings):
     sweep_interval_s: PositiveFloat = 10.0
     sweep_unpublished_after_s: PositiveFloat = 30.0
 
+    # Webhooks (jobs' webhook_url). A URL whose host resolves to a private, loopback,
+    # link-local, multicast or unspecified address is refused (at submit and again at each
+    # delivery) unless allow_private; tests and single-machine setups turn it on. Deliveries
+    # are retried with exponential backoff and full jitter (base, doubling, capped) until
+    # give_up_after_s after their first attempt; each attempt waits timeout_s at most.
+    webhook_allow_private: bool = False
+    webhook_timeout_s: PositiveFloat = 10.0
+    webhook_backoff_base_s: PositiveFloat = 10.0
+    webhook_backoff_cap_s: PositiveFloat = 3600.0
+    webhook_give_up_after_s: PositiveFloat = 24 * 3600.0
+    # The sweeper publishes again a delivery due this long ago that no worker took (its
+    # message lost with a broker restart, or never published after a crash).
+    webhook_lost_after_s: PositiveFloat = 120.0
+
     # Worker observability. The parent of a worker's prefork pool serves the Prometheus metrics
     # of all its pool processes on this port (unset: no endpoint; docker compose and the
     # Kubernetes manifests set 9808). The state directory holds the heartbeat and the

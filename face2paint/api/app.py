@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from ..worker.app import make_celery
+        from ..worker.app import make_celery, publish_outbox_after_commit
 
         logs.install()  # the server has set up its logging by now
         state = app.state
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
         state.storage = storage_from_settings(settings)
         state.limiter = RateLimiter.from_settings(settings)
         state.celery = make_celery(settings)
+        publish_outbox_after_commit(state.sessions, state.celery)  # webhook deliveries
         state.enqueuer = Enqueuer.for_celery(state.celery)
         task = asyncio.create_task(sweep_forever(app)) if sweeper else None
         try:

@@ -1,6 +1,7 @@
 """The options of a new job, as pydantic models that refuse unknown keys.
 
-`options` is a JSON object {"style", "face2paint", "params", "output_format", "output_quality"};
+`options` is a JSON object {"style", "face2paint", "params", "output_format", "output_quality",
+"webhook_url", "webhook_events"};
 the `style` and `face2paint` form fields, when sent, override it. ParamsOptions mirrors
 models/types.Params, field for field with the same defaults (a test keeps them in step), and
 adds the ranges a request may ask for.
@@ -16,6 +17,7 @@ from fastapi import Depends, Form, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ..jobs.states import Stage
+from ..jobs.webhooks import EVENTS as WEBHOOK_EVENTS
 from ..models.image_io import DEFAULT_OUTPUT_QUALITY, OUTPUT_FORMATS
 from ..models.registry import BY_ID
 from ..models.types import Params
@@ -59,6 +61,30 @@ class JobOptions(BaseModel):
     output_quality: Optional[int] = Field(default=None, ge=1, le=100, json_schema_extra={
         "description": f"jpeg and webp only; default {DEFAULT_OUTPUT_QUALITY}"})
 
+    # Where to POST this job's events (Standard Webhooks signatures); which events (default all).
+    webhook_url: Optional[str] = Field(default=None, min_length=1, max_length=2048)
+    webhook_events: Optional[list[str]] = Field(default=None, min_length=1, json_schema_extra={
+        "items": {"enum": list(WEBHOOK_EVENTS)}, "description": "default: every event"})
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if url is not None:
+            parts = urlsplit(url.strip())
+            if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                raise ValueError("not an http(s) URL")
+            url = url.strip()
+        return url
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _known_events(cls, events: list[str] | None) -> list[str] | None:
+        if events is not None and (set(events) - set(WEBHOOK_EVENTS)):
+            raise ValueError("unknown event")
+        return None if events is None else sorted(set(events), key=WEBHOOK_EVENTS.index)
+
     @field_validator("output_format", mode="before")
     @classmethod
     def _known_format(cls, fmt: Any) -> Any:
@@ -96,6 +122,9 @@ class JobOptions(BaseModel):
                   "output_format": self.output_format}
         if OUTPUT_FORMATS[self.output_format].lossy:
             stored["output_quality"] = self.output_quality or DEFAULT_OUTPUT_QUALITY
+        if self.webhook_url:
+            stored["webhook_url"] = self.webhook_url
+            stored["webhook_events"] = list(self.webhook_events or WEBHOOK_EVENTS)
         return stored
 
 
@@ -134,6 +163,10 @@ def refusal(e: ValidationError) -> str:
             return ("output_quality applies to jpeg and webp only; leave it out for png, or set "
                     "output_format to jpeg or webp")
         return f"output_quality={err['input']!r} must be an integer from 1 to 100"
+    if loc[0] == "webhook_url":
+        return "webhook_url must be an http:// or https:// URL with a host (at most 2048 characters)"
+    if loc[0] == "webhook_events":
+        return f"webhook_events must be a non-empty list of {list(WEBHOOK_EVENTS)}"
     if len(loc) == 1:  # params itself
         return f"params must be an object with keys from {_PARAMS}"
     name = str(loc[1])

@@ -9,6 +9,9 @@ Timing (settings; tests shorten both):
     FACE2PAINT_SWEEP_UNPUBLISHED_AFTER_S    a committed item never published is sent after
                                             this many seconds (default 30)
 A published item counts as stalled after FACE2PAINT_STAGE_TIMEOUT_S without progress.
+
+It also publishes again the webhook deliveries due for FACE2PAINT_WEBHOOK_LOST_AFTER_S that no
+worker took (their message lost, or never sent after a crash): sweep_webhooks_once.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 from ..jobs.db import unit_of_work
 from ..jobs.enqueue import mark_enqueued, publish_then_mark
 from ..jobs.sweep import stuck_items
+from ..jobs.webhooks import lost_deliveries
 
 log = logging.getLogger("face2paint.sweeper")
 
@@ -59,6 +63,17 @@ def sweep_once(sessions, settings, app=None) -> int:
     return len(stuck)
 
 
+def sweep_webhooks_once(sessions, settings) -> int:
+    """Publish again the webhook deliveries whose message was lost; how many. The sessions
+    publish what the unit of work put in their outbox once it commits
+    (worker.app.publish_outbox_after_commit)."""
+    with sessions() as s, unit_of_work(s):
+        ids = lost_deliveries(s, settings.webhook_lost_after_s)
+    if ids:
+        log.warning("published %d webhook deliveries again (their message was lost)", len(ids))
+    return len(ids)
+
+
 async def sweep_forever(app) -> None:
     state = app.state
     while True:
@@ -67,3 +82,7 @@ async def sweep_forever(app) -> None:
             await asyncio.to_thread(sweep_once, state.sessions, state.settings, state.celery)
         except Exception:  # keep sweeping through outages
             log.exception("sweep failed")
+        try:
+            await asyncio.to_thread(sweep_webhooks_once, state.sessions, state.settings)
+        except Exception:
+            log.exception("webhook sweep failed")

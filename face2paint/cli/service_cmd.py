@@ -143,17 +143,17 @@ def api(
 
 
 def worker(
-    queues: Annotated[str, typer.Option(help="Comma-separated: detect,parse,stylize,finalize")] = "detect,parse,stylize,finalize",
+    queues: Annotated[str, typer.Option(help="Comma-separated: detect,parse,stylize,finalize,webhooks")] = "detect,parse,stylize,finalize,webhooks",
     concurrency: Annotated[int, typer.Option(help="Processes in the pool.")] = 1,
     name: Annotated[Optional[str], typer.Option(help="Worker node name.")] = None,
 ) -> None:
-    """Run a Celery worker for some stage queues (e.g. CPU: detect,parse,finalize; GPU: stylize)."""
-    from ..jobs.states import STAGES
+    """Run a Celery worker for some queues (e.g. CPU: detect,parse,finalize,webhooks; GPU: stylize)."""
+    from .stack import ALL_QUEUES
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
-    bad = [q for q in wanted if q not in STAGES]
+    bad = [q for q in wanted if q not in ALL_QUEUES]
     if bad or not wanted:
-        _fail(f"unknown queue(s) {bad}; choose from {', '.join(STAGES)}")
+        _fail(f"unknown queue(s) {bad}; choose from {', '.join(ALL_QUEUES)}")
     argv = [sys.executable, "-m", "celery", "-A", "face2paint.worker.main", "worker",
             "-Q", ",".join(wanted), "-c", str(concurrency), "--loglevel", "INFO"]
     if name:
@@ -172,8 +172,8 @@ def migrate() -> None:
 
 @keys_app.command("create")
 def keys_create(owner: Annotated[str, typer.Option(help="Who the key belongs to.")]) -> None:
-    """Create an API key and print it once; only its hash is stored."""
-    from ..jobs.api_keys import create_api_key
+    """Create an API key and print it once (only its hash is stored), with its webhook secret."""
+    from ..jobs.api_keys import create_api_key, webhook_secret
     from ..jobs.db import make_engine, session_factory, session_scope
     from ..jobs.migrate import upgrade
     from ..settings import get_settings
@@ -184,6 +184,9 @@ def keys_create(owner: Annotated[str, typer.Option(help="Who the key belongs to.
     try:
         with session_scope(session_factory(engine)) as s:
             key = create_api_key(s, owner)
+            secret = webhook_secret(s, key)
     finally:
         engine.dispose()
+    # The secret on stderr, so that `KEY=$(face2paint keys create ...)` still gets the key alone.
+    typer.echo(f"webhook secret (verifies this key's webhook deliveries): {secret}", err=True)
     typer.echo(key)

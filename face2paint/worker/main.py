@@ -3,6 +3,7 @@ its liveness heartbeat and (when FACE2PAINT_WORKER_METRICS_PORT is set) its metr
 
 from . import liveness, metrics
 from . import tasks  # noqa: F401  (registers the stage tasks)
+from . import webhooks  # noqa: F401  (registers the webhook task)
 from .app import celery_app
 
 app = celery_app()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from ...jobs.cancel import cancel_job
 from ...jobs.create import create_job
@@ -17,6 +17,7 @@ from ..deps import Cursor, EnqueuerDep, IdempotencyKey, JobId, OwnerDep, Session
 from ..errors import answers
 from ..options import JobOptionsDep
 from ..uploads import read_uploads
+from ..webhooks import webhook_key
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -26,6 +27,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 @router.post("/jobs", status_code=202, response_model=schemas.JobOut,
              responses=answers(409, 415))
 def submit_job(
+    request: Request,
     session: SessionDep,
     owner: OwnerDep,
     settings: SettingsDep,
@@ -37,9 +39,12 @@ def submit_job(
 ):
     """Submit photos for processing; returns the job at once (202) and processes it in the
     background. Repeating a request with the same Idempotency-Key returns the same job."""
+    stored = options.stored()
+    if options.webhook_url or options.webhook_events:
+        stored["webhook_key"] = webhook_key(session, request, options, settings)
     uploads = read_uploads(files or [], settings)
     # Two workflows that open their own units of work: the job is committed, then published.
-    job, created = create_job(session, storage, owner, uploads, options.stored(), idempotency_key,
+    job, created = create_job(session, storage, owner, uploads, stored, idempotency_key,
                               settings=settings)
     if created:
         metrics.UPLOADED.inc(len(job.items))

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # committed item may stay unpublished before it is sent.
     sweep_interval_s: PositiveFloat = 10.0
     sweep_unpublished_after_s: PositiveFloat = 30.0
+    # Privacy: the sweeper deletes a finished job's photos, artifacts and results this many
+    # days after it finished (its results then answer 410); 0 deletes them at the next sweep.
+    retention_days: float = Field(default=7.0, ge=0)
 
     # Webhooks (jobs' webhook_url). A URL whose host resolves to a private, loopback,
     # link-local, multicast or unspecified address is refused (at submit and again at each

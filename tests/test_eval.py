@@ -100,7 +100,8 @@ def test_eval_command_smoke(tmp_path):
         (images / name).symlink_to(src / name)
     out = tmp_path / "report"
     result = CliRunner().invoke(
-        app, ["eval", str(images), "--manifest", str(src / "manifest.csv"), "--out", str(out)]
+        app, ["eval", str(images), "--manifest", str(src / "manifest.csv"), "--out", str(out),
+              "--style", "cartoon"]
     )
     assert result.exit_code == 0, result.output
 
@@ -128,7 +129,7 @@ def test_eval_command_smoke(tmp_path):
 
     assert overall["with"]["mean_identity"] is not None and overall["with"]["median_skin_de"] is not None
     astro = by_file["sk_astronaut.png"]["faces"][0]
-    # The default stylizer keeps the astronaut recognisable with the recipe.
+    # The cartoon preset keeps the astronaut recognisable with the recipe.
     assert astro["with"]["same_person"]
 
     summary = (out / "summary.md").read_text()

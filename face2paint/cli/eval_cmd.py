@@ -15,7 +15,7 @@ def evaluate(
     image_dir: Annotated[Path, typer.Argument(help="Directory of photos (or one image file).")],
     out: Annotated[Path, typer.Option("--out", help="Directory for report.json, summary.md and the contact sheets.")],
     manifest: Annotated[Optional[Path], typer.Option(help="CSV with columns file and cases (semicolon-separated); default IMAGE_DIR/manifest.csv when present.")] = None,
-    style: Annotated[Optional[str], typer.Option(help="Stylizer model id (see `face2paint models list`).")] = None,
+    style: Annotated[Optional[str], typer.Option(help="Style preset (see `face2paint styles list`); default: anime where its weights are present.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images, in name order.")] = None,
 ) -> None:
     """Stylize each photo with and without face2paint, re-detect the faces' landmarks on both
@@ -41,6 +41,9 @@ def evaluate(
             cases = ev.load_manifest(manifest)
         except (OSError, KeyError, ValueError) as e:
             _fail(f"cannot read manifest {manifest}: {e}")
+    from .pipeline_cmd import checked_styles
+
+    checked_styles(style, None, None)
     try:
         pipe = Face2Paint(style=style)
         chosen = pipe.load()

@@ -114,13 +114,15 @@ _FP32_16 = TensorIO(dtype="float32", layout="NHWC", size_multiple=16)
 _V3_ONNX_SPEC = "[1, H, W, 3] NHWC RGB x / 127.5 - 1, tanh out"
 
 
+# Every v3 generator gets `pad_multiple` = its size multiple: the generator pads an odd size by
+# reflection and crops back (never stretches); without it USA2 crashed on a 328 x 384 face crop.
 def _v3_onnx(model_id: str, file: str, sha256: str, url: str, kind: str, io: TensorIO,
              note: str) -> ModelSpec:
     return ModelSpec(
         id=model_id, stage="stylize", runtime="onnxruntime", file=file, sha256=sha256,
         urls=(url,), licence=_V3_LICENCE, commercial_use=False, kind=kind, io=io,
         input_spec=f"{_V3_ONNX_SPEC}; {io.dtype}, H and W multiples of {io.size_multiple}",
-        options={"family": "animeganv3"}, note=note,
+        options={"family": "animeganv3", "pad_multiple": io.size_multiple}, note=note,
     )
 
 
@@ -132,7 +134,7 @@ def _v3_coreml(model_id: str, name: str, sha256: str, note: str) -> ModelSpec:
         urls=(f"{_AI_ART}/{name}.mlmodel",), licence=_V3_LICENCE, commercial_use=False,
         kind="face", io=_FP32_16,
         input_spec=f"{_V3_ONNX_SPEC}; float32, H and W multiples of 16 (converted from CoreML)",
-        options={"family": "animeganv3"}, note=note,
+        options={"family": "animeganv3", "pad_multiple": _FP32_16.size_multiple}, note=note,
         converted_from=ConvertedFrom(file=f"coreml/{name}.mlmodel", sha256=sha256, converter="coreml"),
     )
 

@@ -68,6 +68,10 @@ class Params:
     face_min_size: int = 256
     # Longest side the background is stylized at (then resized back to the image's size).
     background_max_side: int = 1024
+    # Move the stylized skin's colour back toward the photo's (CIELAB, under the parsing skin
+    # mask), keeping the model's shading; glasses and beards get their structure back where the
+    # face model smudged them (models/keep.py). Face models whiten dark skin without it.
+    skin_tone: bool = True
 
 
 @dataclass

@@ -208,7 +208,9 @@ class Face2Paint:
         from .parse import region_masks
         from .refine import analyze_face, refine_face
 
-        helper = FaceHelper(params)
+        from .keep import keep_masks, skin_mean_lab
+
+        helper = FaceHelper(params, self.face_framing())
         p = helper.params
         timer = timer or Timer()
         out = []
@@ -227,8 +229,21 @@ class Face2Paint:
                 )
                 a.refined = refine_face(a.crop, masks, p, a.flags)
                 a.paste_mask = helper.paste_mask(a.labels)
+                if getattr(self.parser, "supports_flags", True):  # real parsing regions only
+                    a.keep = keep_masks(a.crop, a.labels, a.landmarks)
+                    a.skin_lab = skin_mean_lab(a.crop, a.keep)
             out.append(a)
         return out
+
+    def _face_option(self, name: str):
+        from .registry import BY_ID
+
+        spec = BY_ID.get(self.choice("stylize").model_id)
+        return spec.options.get(name) if spec is not None else None
+
+    def face_framing(self) -> float | None:
+        """The face model's crop framing (registry option face_framing), None: the default."""
+        return self._face_option("face_framing")
 
     def pack(self, aligned: list[AlignedFace], params: Params | None = None) -> FaceBatch:
         """What the later stages need of the prepared faces (the parse stage's artifact)."""
@@ -238,7 +253,7 @@ class Face2Paint:
         """The face stylizer over the refined crops, each at its work size."""
         if not len(faces):
             return []
-        return FaceHelper(params).stylize(faces, self.face_stylizer)
+        return FaceHelper(params).stylize(faces, self.face_stylizer, self._face_option("face_work_size"))
 
     def stylize_background(self, rgb: np.ndarray, params: Params | None = None) -> np.ndarray:
         """The background stylizer over the whole image, its long side capped."""

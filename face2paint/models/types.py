@@ -87,3 +87,5 @@ class AlignedFace:
     flags: dict = field(default_factory=dict)  # e.g. glasses, heavy_makeup, harsh_light
     refined: np.ndarray | None = None  # crop after the region refiners: the generator's input
     paste_mask: np.ndarray | None = None  # (S, S) float32 0..1, feathered
+    keep: np.ndarray | None = None  # (S, S, 3) uint8: skin, glasses, beard regions (models/keep.py)
+    skin_lab: np.ndarray | None = None  # (3,) mean CIELAB of the input's skin

@@ -123,6 +123,13 @@ def test_eval_command_smoke(tmp_path):
     assert by_file["sk_astronaut.png"]["n_reference"] == 1
     assert by_file["sk_coffee.png"]["n_reference"] == 0
     overall = report["summary"]["overall"]
+    # Three modes per face: the face model on the whole photo, the plain paste, the recipe.
+    assert report["style"] == "cartoon" and set(report["modes"]) == set(ev.MODES) == {"without", "plain", "with"}
+    assert all(m in r["time_s"] for r in by_file.values() for m in ev.MODES)
+    sizes = report["summary"]["per_size"]
+    assert list(sizes) == [name for name, _, _ in ev.SIZES]
+    assert sum(g["faces"] for g in sizes.values()) == overall["faces"]
+    assert {"distortion_ratio", "plain_ratio"} <= set(overall)
     assert overall["images"] == 3
     assert overall["faces"] == sum(r["n_reference"] for r in by_file.values())
     assert {"single_frontal", "glasses", "multiple_faces", "no_face"} <= set(report["summary"]["per_case"])
@@ -133,8 +140,9 @@ def test_eval_command_smoke(tmp_path):
     assert astro["with"]["same_person"]
 
     summary = (out / "summary.md").read_text()
-    assert "## Per case" in summary and "skin tone CIEDE2000" in summary
-    assert "| glasses |" in summary and "| no_face |" in summary
+    assert "## Per case" in summary and "skin tone CIEDE2000" in summary and "## Per face size" in summary
+    assert "align + stylize + paste" in summary
+    assert "| glasses |" in summary
 
     with Image.open(out / "contact_sheet.jpg") as sheet:
         assert sheet.height == 3 * 256 + 4 * ev.GAP

@@ -134,3 +134,45 @@ def test_every_v3_model_takes_odd_sizes_padded_and_cropped_back(cache, model_id)
     img[:, 36:] = 230
     out = gen(img).astype(float).mean(axis=(0, 2))
     assert out[:30].mean() < out[42:].mean() - 20, model_id
+
+
+def test_skin_tone_brings_the_skin_colour_back_on_a_real_face(cache):
+    import cv2
+
+    from face2paint.models.image_io import load_image
+    from face2paint.tools.skin_tone import face_skin_tone_shift
+
+    rgb = cv2.resize(load_image(astronaut_path()).rgb, (320, 320), interpolation=cv2.INTER_AREA)
+    pipe = Face2Paint(cache, style="anime")
+    face = [f for f in pipe.detect(rgb) if f.score > 0.9][0]
+    shift = {}
+    for on in (False, True):
+        out = pipe.run(rgb, Params(skin_tone=on)).output
+        shift[on] = face_skin_tone_shift(rgb, out, face, pipe.parser)
+    # JP_face paints every face pale; the offset in CIELAB puts the person's tone back.
+    assert shift[False] > 8 and shift[True] < 4, shift
+    assert Params().skin_tone is True
+
+
+def test_keep_keeps_the_models_shading():
+    from face2paint.models.keep import apply_keep
+
+    s = 128
+    yy = np.linspace(0, 1, s, dtype=np.float32)[:, None].repeat(s, 1)
+    stylized = np.stack([200 + 40 * yy] * 3, -1).astype(np.uint8)  # pale, with a gradient
+    reference = np.full((s, s, 3), (120, 80, 60), np.uint8)  # brown skin
+    keep = np.zeros((s, s, 3), np.uint8)
+    keep[16:112, 16:112, 0] = 255
+    lab = cv2_lab(reference)[0, 0]
+    out = apply_keep(stylized, reference, keep, lab, skin_tone=True)
+    inner = out[16:112, 16:112].astype(float)
+    assert abs(inner.mean(axis=(0, 1)) - reference[0, 0]).max() < 12  # the colour came back
+    assert inner[-1].mean() - inner[0].mean() > 20  # and the shading stayed
+    assert np.array_equal(out[:8], stylized[:8])  # nothing outside the skin
+    assert np.array_equal(apply_keep(stylized, reference, keep, lab, skin_tone=False), stylized)
+
+
+def cv2_lab(rgb):
+    import cv2
+
+    return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)

@@ -18,6 +18,7 @@ import typer
 
 from .inputs import collect_or_fail, console, output_names
 from .inputs import fail as _fail
+from .pipeline_cmd import BACKGROUND_STYLE_HELP, FACE_STYLE_HELP, STYLE_HELP, checked_styles
 
 keys_app = typer.Typer(no_args_is_help=True)
 
@@ -45,7 +46,9 @@ def restore_signals() -> None:
 def run(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the results.")],
-    style: Annotated[Optional[str], typer.Option(help="Stylizer model id; default: the best available.")] = None,
+    style: Annotated[Optional[str], typer.Option(help=STYLE_HELP)] = None,
+    face_style: Annotated[Optional[str], typer.Option(help=FACE_STYLE_HELP)] = None,
+    background_style: Annotated[Optional[str], typer.Option(help=BACKGROUND_STYLE_HELP)] = None,
     face2paint: Annotated[bool, typer.Option("--face2paint/--no-face2paint")] = True,
     api: Annotated[Optional[str], typer.Option(help="URL of a deployed service; default: start the embedded stack.")] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="FACE2PAINT_API_KEY", help="API key for --api.")] = None,
@@ -82,7 +85,7 @@ def run(
         with stop_on_signals():
             try:
                 if not api:
-                    _describe_models(style)
+                    _describe_models(style, face_style, background_style)
                     from .stack import EmbeddedStack
 
                     tmp = Path(tempfile.mkdtemp(prefix="face2paint-run-"))
@@ -95,6 +98,7 @@ def run(
                     api, api_key = stack.api_url, stack.api_key
                 client = Client(api, api_key)
                 options = {"style": style, "face2paint": face2paint}
+                options.update({k: v for k, v in (("face_style", face_style), ("background_style", background_style)) if v})
                 job = client.submit(files, options)
                 console.print(f"job {job['id']}: {len(files)} images")
                 with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -153,19 +157,21 @@ def one_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _describe_models(style: str | None, settings=None) -> None:
-    """Say which models the embedded worker will use, before it starts."""
-    try:
-        from ..models.registry import ModelUnavailable, Registry
+def _describe_models(style: str | None, face_style: str | None = None,
+                     background_style: str | None = None, settings=None) -> None:
+    """Say which style and models the embedded worker will use, before it starts."""
+    from ..models.cache import ModelCache
+    from ..models.pipeline import Face2Paint
+    from ..models.registry import ModelUnavailable, Registry
 
-        reg = Registry(settings)
-        for stage, wanted in (("detect", None), ("parse", None), ("stylize", style)):
-            if wanted:
-                reg.resolve(wanted)
-                console.print(f"[bold]{stage}[/bold]: {wanted} (requested)")
-            else:
-                console.print(f"[bold]{stage}[/bold]: {reg.default(stage).id} (best available)")
-    except ModelUnavailable as e:
+    checked_styles(style, face_style, background_style)
+    try:
+        pipe = Face2Paint(ModelCache(Registry(settings)), style=style, face_style=face_style,
+                          background_style=background_style)
+        console.print(f"[bold]style[/bold]: {pipe.style}")
+        for stage, how in pipe.describe().items():
+            console.print(f"[bold]{stage}[/bold]: {how}")
+    except (ModelUnavailable, ValueError) as e:
         _fail(str(e))
 
 
@@ -210,7 +216,7 @@ def up(
                     _fail(f"could not start the embedded stack: {one_line(e)}")
                 console.print(f"API: {stack.api_url}  (docs at {stack.api_url}/docs, web page at {stack.api_url}/)")
                 console.print(f"API key for owner 'local': {stack.api_key}  (kept in {stack.key_file})")
-                _describe_models(None, Settings(home=home))
+                _describe_models(None, settings=Settings(home=home))
                 console.print(f"data: {home}; logs: {stack.home / 'logs'}; Ctrl-C stops")
                 while all(p.poll() is None for p in list(stack.procs.values())):
                     time.sleep(1)

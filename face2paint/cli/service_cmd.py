@@ -241,7 +241,9 @@ def api(
 
 def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated: detect,parse,stylize,finalize,webhooks")] = "detect,parse,stylize,finalize,webhooks",
-    concurrency: Annotated[int, typer.Option(help="Processes in the pool.")] = 1,
+    concurrency: Annotated[Optional[int], typer.Option(
+        help="Processes in the pool (default: FACE2PAINT_WORKER_PROCESSES, else cores / model threads)."
+    )] = None,
     name: Annotated[Optional[str], typer.Option(help="Worker node name.")] = None,
 ) -> None:
     """Run a Celery worker for some queues (e.g. CPU: detect,parse,finalize,webhooks; GPU: stylize)."""
@@ -251,6 +253,12 @@ def worker(
     bad = [q for q in wanted if q not in ALL_QUEUES]
     if bad or not wanted:
         _fail(f"unknown queue(s) {bad}; choose from {', '.join(ALL_QUEUES)}")
+    from ..settings import get_settings
+
+    settings = get_settings()
+    concurrency = concurrency or settings.resolved_worker_processes
+    console.print(f"worker: {concurrency} process(es) x {settings.resolved_model_threads} model "
+                  f"thread(s), device {settings.model_device}, runtime {settings.model_runtime}")
     argv = [sys.executable, "-m", "celery", "-A", "face2paint.worker.main", "worker",
             "-Q", ",".join(wanted), "-c", str(concurrency), "--loglevel", "INFO"]
     if name:

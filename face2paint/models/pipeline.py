@@ -205,8 +205,7 @@ class Face2Paint:
     def prepare(self, rgb: np.ndarray, faces: list[Face], params: Params | None = None,
                 timer: Timer | None = None) -> list[AlignedFace]:
         """Align, parse and refine every selected face: the generator's face inputs."""
-        from .parse import region_masks
-        from .refine import analyze_face, refine_face
+        from .refine import analyze_face, refine_at
 
         from .keep import keep_masks, skin_mean_lab
 
@@ -219,15 +218,17 @@ class Face2Paint:
                 a = helper.align(rgb, face)
             with timer("parse"):
                 a.labels = self.parser.parse(a.crop, a.landmarks)
-                masks = region_masks(a.labels, smooth=p.parsing_smooth)
             with timer("refine"):
                 a.flags = (
-                    analyze_face(a.crop, a.labels, masks)
+                    analyze_face(a.crop, a.labels)
                     if getattr(self.parser, "supports_flags", True)
                     else {"glasses": False, "heavy_makeup": False, "harsh_light": False,
                           "reasons": ["no flags: the parser draws regions from landmarks"]}
                 )
-                a.refined = refine_face(a.crop, masks, p, a.flags)
+                # Refined at the face's work size with only the masks the parameters use
+                # (refine.refine_at), returned at the crop's size.
+                a.refined = refine_at(a.crop, a.labels, p, a.flags, size=helper.work_size(a.inverse),
+                                      smooth=p.parsing_smooth)
                 a.paste_mask = helper.paste_mask(a.labels)
                 if getattr(self.parser, "supports_flags", True):  # real parsing regions only
                     a.keep = keep_masks(a.crop, a.labels, a.landmarks)

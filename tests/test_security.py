@@ -241,6 +241,7 @@ def test_every_route_checks_ownership(stack, new_key, finished_job):
         ("GET", "/v1/jobs/{job_id}/items/{item_id}/input"),
         ("GET", "/v1/jobs/{job_id}/events"),
         ("GET", "/v1/jobs/{job_id}/results.zip"),
+        ("GET", "/v1/jobs/{job_id}/webhooks"),
         ("POST", "/v1/jobs/{job_id}/cancel"),
         ("DELETE", "/v1/jobs/{job_id}"),
     }

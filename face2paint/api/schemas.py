@@ -117,3 +117,27 @@ def style_out(preset, example_url: str | None) -> StyleOut:
         background_model=preset.background_model, licences=list(preset.licences),
         commercial_use=preset.commercial_use, example_url=example_url,
     )
+
+
+class WebhookDeliveryOut(BaseModel):
+    """One webhook event of a job and how its delivery went."""
+
+    id: str  # the webhook-id header of every attempt
+    event: str
+    url: str
+    attempts: int
+    last_status: Optional[int] = None
+    last_error: Optional[str] = None
+    created_at: datetime
+    next_attempt_at: Optional[datetime] = None
+    delivered_at: Optional[datetime] = None
+    failed_at: Optional[datetime] = None
+
+
+def webhook_delivery_out(row) -> WebhookDeliveryOut:
+    return WebhookDeliveryOut(
+        id=row.id, event=row.event, url=row.url, attempts=row.attempts,
+        last_status=row.last_status, last_error=row.last_error, created_at=row.created_at,
+        next_attempt_at=None if row.delivered_at or row.failed_at else row.next_attempt_at,
+        delivered_at=row.delivered_at, failed_at=row.failed_at,
+    )

@@ -18,6 +18,7 @@ import typer
 
 from .inputs import collect_or_fail, console, output_names
 from .inputs import fail as _fail
+from .pipeline_cmd import BACKGROUND_STYLE_HELP, FACE_STYLE_HELP, STYLE_HELP, checked_styles
 
 keys_app = typer.Typer(no_args_is_help=True)
 
@@ -45,7 +46,9 @@ def restore_signals() -> None:
 def run(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the results.")],
-    style: Annotated[Optional[str], typer.Option(help="Stylizer model id; default: the best available.")] = None,
+    style: Annotated[Optional[str], typer.Option(help=STYLE_HELP)] = None,
+    face_style: Annotated[Optional[str], typer.Option(help=FACE_STYLE_HELP)] = None,
+    background_style: Annotated[Optional[str], typer.Option(help=BACKGROUND_STYLE_HELP)] = None,
     face2paint: Annotated[bool, typer.Option("--face2paint/--no-face2paint")] = True,
     api: Annotated[Optional[str], typer.Option(help="URL of a deployed service; default: start the embedded stack.")] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="FACE2PAINT_API_KEY", help="API key for --api.")] = None,
@@ -82,7 +85,7 @@ def run(
         with stop_on_signals():
             try:
                 if not api:
-                    _describe_models(style)
+                    _describe_models(style, face_style, background_style)
                     from .stack import EmbeddedStack
 
                     from ..settings import get_settings
@@ -98,6 +101,7 @@ def run(
                     api, api_key = stack.api_url, stack.api_key
                 client = Client(api, api_key)
                 options = {"style": style, "face2paint": face2paint}
+                options.update({k: v for k, v in (("face_style", face_style), ("background_style", background_style)) if v})
                 job = client.submit(files, options)
                 console.print(f"job {job['id']}: {len(files)} images")
                 with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -159,19 +163,21 @@ def one_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _describe_models(style: str | None, settings=None) -> None:
-    """Say which models the embedded worker will use, before it starts."""
-    try:
-        from ..models.registry import ModelUnavailable, Registry
+def _describe_models(style: str | None, face_style: str | None = None,
+                     background_style: str | None = None, settings=None) -> None:
+    """Say which style and models the embedded worker will use, before it starts."""
+    from ..models.cache import ModelCache
+    from ..models.pipeline import Face2Paint
+    from ..models.registry import ModelUnavailable, Registry
 
-        reg = Registry(settings)
-        for stage, wanted in (("detect", None), ("parse", None), ("stylize", style)):
-            if wanted:
-                reg.resolve(wanted)
-                console.print(f"[bold]{stage}[/bold]: {wanted} (requested)")
-            else:
-                console.print(f"[bold]{stage}[/bold]: {reg.default(stage).id} (best available)")
-    except ModelUnavailable as e:
+    checked_styles(style, face_style, background_style)
+    try:
+        pipe = Face2Paint(ModelCache(Registry(settings)), style=style, face_style=face_style,
+                          background_style=background_style)
+        console.print(f"[bold]style[/bold]: {pipe.style}")
+        for stage, how in pipe.describe().items():
+            console.print(f"[bold]{stage}[/bold]: {how}")
+    except (ModelUnavailable, ValueError) as e:
         _fail(str(e))
 
 
@@ -216,7 +222,7 @@ def up(
                     _fail(f"could not start the embedded stack: {one_line(e)}")
                 console.print(f"API: {stack.api_url}  (docs at {stack.api_url}/docs, web page at {stack.api_url}/)")
                 console.print(f"API key for owner 'local': {stack.api_key}  (kept in {stack.key_file})")
-                _describe_models(None, Settings(home=home))
+                _describe_models(None, settings=Settings(home=home))
                 console.print(f"data: {home}; logs: {stack.home / 'logs'}; Ctrl-C stops")
                 while all(p.poll() is None for p in list(stack.procs.values())):
                     time.sleep(1)
@@ -240,17 +246,25 @@ def api(
 
 
 def worker(
-    queues: Annotated[str, typer.Option(help="Comma-separated: detect,parse,stylize,finalize")] = "detect,parse,stylize,finalize",
-    concurrency: Annotated[int, typer.Option(help="Processes in the pool.")] = 1,
+    queues: Annotated[str, typer.Option(help="Comma-separated: detect,parse,stylize,finalize,webhooks")] = "detect,parse,stylize,finalize,webhooks",
+    concurrency: Annotated[Optional[int], typer.Option(
+        help="Processes in the pool (default: FACE2PAINT_WORKER_PROCESSES, else cores / model threads)."
+    )] = None,
     name: Annotated[Optional[str], typer.Option(help="Worker node name.")] = None,
 ) -> None:
-    """Run a Celery worker for some stage queues (e.g. CPU: detect,parse,finalize; GPU: stylize)."""
-    from ..jobs.states import STAGES
+    """Run a Celery worker for some queues (e.g. CPU: detect,parse,finalize,webhooks; GPU: stylize)."""
+    from .stack import ALL_QUEUES
 
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
-    bad = [q for q in wanted if q not in STAGES]
+    bad = [q for q in wanted if q not in ALL_QUEUES]
     if bad or not wanted:
-        _fail(f"unknown queue(s) {bad}; choose from {', '.join(STAGES)}")
+        _fail(f"unknown queue(s) {bad}; choose from {', '.join(ALL_QUEUES)}")
+    from ..settings import get_settings
+
+    settings = get_settings()
+    concurrency = concurrency or settings.resolved_worker_processes
+    console.print(f"worker: {concurrency} process(es) x {settings.resolved_model_threads} model "
+                  f"thread(s), device {settings.model_device}, runtime {settings.model_runtime}")
     argv = [sys.executable, "-m", "celery", "-A", "face2paint.worker.main", "worker",
             "-Q", ",".join(wanted), "-c", str(concurrency), "--loglevel", "INFO"]
     if name:
@@ -296,15 +310,18 @@ def _key_store():
 
 @keys_app.command("create")
 def keys_create(owner: Annotated[str, typer.Option(help="Who the key belongs to.")]) -> None:
-    """Create an API key and print it once; only its hash (and its first characters, for
-    `keys list`) are stored."""
-    from ..jobs.api_keys import create_api_key
+    """Create an API key and print it once, with its webhook secret; only its hash (and its
+    first characters, for `keys list`) are stored."""
+    from ..jobs.api_keys import create_api_key, webhook_secret
 
     try:
         with _key_store() as s:
             key = create_api_key(s, owner)
+            secret = webhook_secret(s, key)
     except ValueError as e:
         _fail(str(e))
+    # The secret on stderr, so that `KEY=$(face2paint keys create ...)` still gets the key alone.
+    typer.echo(f"webhook secret (verifies this key's webhook deliveries): {secret}", err=True)
     typer.echo(key)
 
 

@@ -23,6 +23,10 @@ import httpx
 
 from ..jobs.states import STAGES
 
+# What one worker of a single-machine stack takes: every stage and the webhook deliveries
+# (worker.app.WEBHOOK_QUEUE).
+ALL_QUEUES = (*STAGES, "webhooks")
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free right now (the OS picks it); another process may take it later."""
@@ -60,7 +64,7 @@ class ProcessStack:
     [("detect", "parse", "finalize"), ("stylize",)]: a CPU and a GPU worker)."""
 
     def __init__(self, env: dict[str, str], home: Path, *, workers: int = 1,
-                 queues: tuple[str, ...] = STAGES, worker_queues: list[tuple[str, ...]] | None = None,
+                 queues: tuple[str, ...] = ALL_QUEUES, worker_queues: list[tuple[str, ...]] | None = None,
                  port: int | None = None, owner: str = "local"):
         self.base_env = dict(env)
         self.home = Path(home)

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from .db import ApiKey, utcnow
+from .webhooks import key_secret, new_secret
 
 API_KEY_PREFIX = "f2p_"
 SHOWN_CHARS = len(API_KEY_PREFIX) + 8
@@ -27,8 +28,14 @@ def create_api_key(session: Session, owner: str) -> str:
         raise ValueError("an API key owner must be 1 to 255 characters")
     key = API_KEY_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiKey(owner=owner, key_hash=hash_api_key(key), prefix=key[:SHOWN_CHARS],
-                       created_at=utcnow()))
+                       created_at=utcnow(), webhook_secret=new_secret()))
     return key
+
+
+def webhook_secret(session: Session, key: str) -> str | None:
+    """The webhook signing secret of a key (made with it; None for keys older than webhooks)."""
+    found = key_secret(session, hash_api_key(key))
+    return found[1] if found else None
 
 
 def owner_for_key(session: Session, key: str | None) -> str | None:

@@ -127,6 +127,9 @@ class ApiKey(Base):
     prefix: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    # The key's webhook signing secret (whsec_ + base64), shown with the key when created.
+    # Kept in plain text: signing needs it (HMAC), unlike the key, which is only compared.
+    webhook_secret: Mapped[str | None] = mapped_column(String(64))
 
 
 class Job(Base):
@@ -246,6 +249,35 @@ class StageAttempt(Base):
     finished_at: Mapped[datetime | None]
     outcome: Mapped[Outcome | None] = mapped_column(EnumText(Outcome, 16))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookDelivery(Base):
+    """One webhook event of a job, to be delivered to its URL (the outbox): written in the
+    transaction of the state change it reports, sent by the worker's webhook task after the
+    commit, retried until delivered_at or failed_at is set (jobs/webhooks.py)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index(None, "job_id", "created_at"),
+        # The sweeper's scan: undelivered rows due before some time.
+        Index(None, "delivered_at", "failed_at", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    # Whose secret signs it: the key that submitted the job.
+    api_key_id: Mapped[str | None] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    first_attempt_at: Mapped[datetime | None]
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- engines and sessions -------------------------------------------------------------------

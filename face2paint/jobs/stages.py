@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from ..settings import Settings, get_settings
 from .db import Item, Job, StageAttempt, utcnow
+from . import webhooks
 from .errors import clip
 from .locks import lock_attempt, lock_item
 from .progress import refresh_job
@@ -98,6 +99,7 @@ def begin_stage(
         item.error = _give_up_reason(session, item, stage, attempts - 1)
         item.finished_at = now
         item.updated_at = now
+        webhooks.item_ended(session, item)  # the outbox row, in this transaction
         refresh_job(session, item.job_id)
         log.warning("item %s failed: %s", item_id, item.error)
         return None
@@ -222,6 +224,7 @@ def finish_stage(
         item.error = None
         item.finished_at = now
         item.updated_at = now
+        webhooks.item_ended(session, item)
         refresh_job(session, item.job_id)
     elif item.status not in TERMINAL_ITEM_STATES:
         item.updated_at = now
@@ -245,5 +248,6 @@ def fail_item(session: Session, item_id: str, reason: str) -> Item | None:
     item.error = clip(reason) or "failed"
     item.finished_at = now
     item.updated_at = now
+    webhooks.item_ended(session, item)
     refresh_job(session, item.job_id)
     return item

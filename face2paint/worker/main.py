@@ -3,6 +3,7 @@ its liveness heartbeat, the models it can run published for the API and (when FA
 
 from . import capabilities, liveness, metrics
 from . import tasks  # noqa: F401  (registers the stage tasks)
+from . import webhooks  # noqa: F401  (registers the webhook task)
 from .app import celery_app
 
 app = celery_app()

@@ -79,10 +79,8 @@ class StageContext:
 
     @cached_property
     def params(self):
-        from ..models.types import Params
-
-        try:
-            return Params(**(self.options.get("params") or {}))
+        try:  # the style preset's defaults under the request's own params
+            return self.pipe.params_for(self.options.get("params") or {})
         except TypeError as e:
             raise PermanentError(f"bad params: {e}") from e
 
@@ -90,7 +88,9 @@ class StageContext:
     def pipe(self):
         from ..models.pipeline import Face2Paint
 
-        return Face2Paint(self.models, style=self.options.get("style"))
+        return Face2Paint(self.models, style=self.options.get("style"),
+                          face_style=self.options.get("face_style"),
+                          background_style=self.options.get("background_style"))
 
     @property
     def face2paint(self) -> bool:

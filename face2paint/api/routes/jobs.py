@@ -21,6 +21,7 @@ from ..errors import ErrorOut, answers
 from ..servable import check_servable
 from ..options import JobOptionsDep
 from ..uploads import read_uploads
+from ..webhooks import webhook_key
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 log = logging.getLogger("face2paint.api")
@@ -46,9 +47,12 @@ def submit_job(
     """Submit photos for processing; returns the job at once (202) and processes it in the
     background. Repeating a request with the same Idempotency-Key returns the same job."""
     check_servable(options.style, getattr(request.app.state, "catalog", None))
+    stored = options.stored()
+    if options.webhook_url or options.webhook_events:
+        stored["webhook_key"] = webhook_key(session, request, options, settings)
     uploads = read_uploads(files or [], settings)
     # Two workflows that open their own units of work: the job is committed, then published.
-    job, created = create_job(session, storage, owner, uploads, options.stored(), idempotency_key,
+    job, created = create_job(session, storage, owner, uploads, stored, idempotency_key,
                               settings=settings)
     if created:
         metrics.UPLOADED.inc(len(job.items))

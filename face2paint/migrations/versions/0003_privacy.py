@@ -2,7 +2,7 @@
 the models their stages used, API keys keep a displayable prefix.
 
 Revision ID: 0003_privacy
-Revises: 0001
+Revises: 0002_webhooks
 Create Date: 2026-12-02
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_privacy"
-down_revision = "0001"
+down_revision = "0002_webhooks"
 branch_labels = None
 depends_on = None
 

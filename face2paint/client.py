@@ -308,6 +308,10 @@ class Job:
     succeeded = property(lambda self: self.data.get("succeeded", 0))
     failed = property(lambda self: self.data.get("failed", 0))
     canceled = property(lambda self: self.data.get("canceled", 0))
+    # Items not yet ended (done counts the succeeded ones only, failed and canceled apart).
+    pending = property(lambda self: self.data["progress"].get("pending", 0))
+    # role -> the model ids the job's items ran
+    models = property(lambda self: self.data.get("models") or {})
 
     @property
     def finished(self) -> bool:

@@ -1,5 +1,5 @@
 """Workers publish the models they can run (in the broker's Redis, with a TTL); the API refuses
-at submit, with 503 and the styles that can run, a style whose weights no stylize worker has.
+at submit, with 422 and the styles that can run, a style whose weights no stylize worker has.
 Real Redis; the workers' side is the same publish() the worker's bootstep calls."""
 
 from __future__ import annotations
@@ -66,11 +66,11 @@ def test_a_style_no_worker_can_paint_is_refused_with_the_styles_that_can(api):
     assert capabilities.stylize_models(api.redis) == {"classical-cartoon", "animeganv3-comic"}
 
     r = _submit(api, "animeganv3-arcane")  # only a worker that does not stylize has it
-    assert r.status_code == 503, r.text
+    assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert "'animeganv3-arcane' cannot run now" in detail and "animeganv3-arcane" in detail
     assert "styles that can: " in detail and "classical-cartoon" in detail and "animeganv3-comic" in detail
-    assert "models pull animeganv3-arcane" in detail and r.headers["retry-after"] == "30"
+    assert "models pull animeganv3-arcane" in detail
     assert _submit(api, "animeganv3-comic").status_code == 202
     # Refused before anything was stored: only the two accepted jobs exist.
     assert len(api.get("/v1/jobs").json()["jobs"]) == 2

@@ -1,6 +1,9 @@
 """Refusing at submit a style that no running worker can paint (its weights are on none of
 them), instead of accepting the job and failing every item at its first stage. What the
-workers hold comes from worker/capabilities.py; when nothing is known, nothing is refused."""
+workers hold comes from worker/capabilities.py; when nothing is known, nothing is refused.
+
+The answer is 422, not 503: retrying the same request will not help until someone puts the
+weights on a worker, and clients (ours included) retry a 503 by themselves."""
 
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ def servable_styles(models: set[str]) -> list[str]:
 
 
 def check_servable(style: str | None, catalog) -> None:
-    """503 with the styles that can run when no worker holds the models of `style`."""
+    """422 with the styles that can run when no worker holds the models of `style`."""
     if not style or catalog is None:
         return
     held = catalog.stylize_models()
@@ -48,10 +51,9 @@ def check_servable(style: str | None, catalog) -> None:
     catalog.forget()  # a worker may have just started: look again next time
     can = servable_styles(held)
     raise HTTPException(
-        503,
+        422,
         f"style {style!r} cannot run now: no running worker has the weights of "
         f"{', '.join(missing)}; styles that can: {', '.join(can) or 'none'}. Pick one of those, "
         f"or put the weights on the stylize workers (`face2paint models pull {missing[0]}`, or "
         "FACE2PAINT_MODEL_DIR) and restart them",
-        headers={"Retry-After": "30"},
     )

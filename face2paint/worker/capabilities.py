@@ -5,7 +5,7 @@ the ids of the models it holds or can load without downloading (registry.where: 
 there, verified, or a package ships it), and the queues it takes. The key expires after TTL_S,
 so a worker that is gone stops counting within a minute. The API reads the union over the
 workers that take the stylize queue (`stylize_models`): a style whose models none of them has
-is refused with 503 and the styles that can run, instead of being accepted and failing at
+is refused with 422 and the styles that can run, instead of being accepted and failing at
 every item. When no worker has published (none started yet, or a broker that is not Redis),
 nothing is known and nothing is refused.
 """

@@ -30,9 +30,9 @@ log = logging.getLogger("face2paint.api")
 # A sync route: it runs in the thread pool, so storing the files and the commits never hold up
 # the event loop. FastAPI has parsed the multipart form (spooling big files to disk) before.
 @router.post("/jobs", status_code=202, response_model=schemas.JobOut,
-             responses={**answers(409, 415), 503: {"model": ErrorOut, "description": (
-                 "No running worker holds the weights of the style; the answer lists the "
-                 "styles that can run.")}})
+             responses={**answers(409, 415), 422: {"model": ErrorOut, "description": (
+                 "An option is not valid, or no running worker holds the weights of the "
+                 "style (the answer lists the styles that can run).")}})
 def submit_job(
     request: Request,
     session: SessionDep,

@@ -179,7 +179,12 @@ def test_cancel_stops_pending_items(client, tmp_path):
     assert len(canceled) >= 6
     for i in canceled:
         assert i["result_url"] is None
-        assert client.http.get(f"/v1/jobs/{job['id']}/items/{i['id']}/result").status_code == 409
+        assert i["error"] == "canceled by the owner"
+        r = client.http.get(f"/v1/jobs/{job['id']}/items/{i['id']}/result")
+        assert r.status_code == 410 and "canceled by the owner" in r.json()["detail"]
+    # Counted apart: a canceled job never reads as all done.
+    p = job["progress"]
+    assert p["canceled"] == len(canceled) and p["done"] == 10 - len(canceled) and p["pending"] == 0
 
 
 def test_list_jobs_paginates_with_a_cursor(client):

@@ -56,6 +56,10 @@ FAULT_RULES = ",".join(
 )
 JOB_TIMEOUT_S = 120
 SUMMARY: list[Figures] = []
+# GPU batching on (worker/batching.py): the stylize workers gather waiting photos. The wait is
+# long, so the photos of a test meet in one batch. tests/test_faults_batched.py runs the key
+# faults this way; FACE2PAINT_TEST_STYLIZE_BATCH=1 runs this whole module batched.
+BATCHING = {"FACE2PAINT_STYLIZE_BATCH_MAX": "4", "FACE2PAINT_STYLIZE_BATCH_WAIT_MS": "1500"}
 
 
 # --- the stack ------------------------------------------------------------------------------
@@ -63,6 +67,11 @@ SUMMARY: list[Figures] = []
 
 @pytest.fixture(scope="module")
 def stack(pg_server, redis_server, s3_server, tmp_path_factory):
+    extra = BATCHING if os.environ.get("FACE2PAINT_TEST_STYLIZE_BATCH") == "1" else {}
+    yield from fault_stack(pg_server, redis_server, s3_server, tmp_path_factory, extra)
+
+
+def fault_stack(pg_server, redis_server, s3_server, tmp_path_factory, extra_env: dict):
     for server in (pg_server, redis_server, s3_server):
         if not server.managed:
             pytest.skip(f"fault tests stop and start the {server.name} server; unset "
@@ -83,6 +92,7 @@ def stack(pg_server, redis_server, s3_server, tmp_path_factory):
         "FACE2PAINT_SWEEP_UNPUBLISHED_AFTER_S": "2",
         "FACE2PAINT_FAULTS": FAULT_RULES,
         "FACE2PAINT_FAULTS_DIR": str(faults_dir),
+        **extra_env,
     }
     st = ProcessStack(env, home, workers=2)
     st.faults_dir = faults_dir

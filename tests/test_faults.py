@@ -58,8 +58,8 @@ JOB_TIMEOUT_S = 120
 SUMMARY: list[Figures] = []
 # GPU batching on (worker/batching.py): the stylize workers gather waiting photos. The wait is
 # long, so the photos of a test meet in one batch. tests/test_faults_batched.py runs the key
-# faults this way; FACE2PAINT_TEST_STYLIZE_BATCH=1 runs this whole module batched.
-BATCHING = {"FACE2PAINT_STYLIZE_BATCH_MAX": "4", "FACE2PAINT_STYLIZE_BATCH_WAIT_MS": "1500"}
+# faults of this module on a stack with these settings.
+BATCHING = {"FACE2PAINT_STYLIZE_BATCH_MAX": "4", "FACE2PAINT_STYLIZE_BATCH_WAIT_MS": "1000"}
 
 
 # --- the stack ------------------------------------------------------------------------------
@@ -67,8 +67,7 @@ BATCHING = {"FACE2PAINT_STYLIZE_BATCH_MAX": "4", "FACE2PAINT_STYLIZE_BATCH_WAIT_
 
 @pytest.fixture(scope="module")
 def stack(pg_server, redis_server, s3_server, tmp_path_factory):
-    extra = BATCHING if os.environ.get("FACE2PAINT_TEST_STYLIZE_BATCH") == "1" else {}
-    yield from fault_stack(pg_server, redis_server, s3_server, tmp_path_factory, extra)
+    yield from fault_stack(pg_server, redis_server, s3_server, tmp_path_factory, {})
 
 
 def fault_stack(pg_server, redis_server, s3_server, tmp_path_factory, extra_env: dict):

@@ -282,32 +282,38 @@ class StageTask(Task):
         from . import batching
 
         settings = self.resources.settings
-        with self.app.connection_for_read() as conn:
-            gathered = batching.gather(conn.default_channel, "stylize", TASK_NAMES["stylize"],
-                                       settings.resolved_stylize_batch_max - 1,
-                                       settings.stylize_batch_wait_ms / 1000)
-            members: list[tuple[batching.Gathered | None, Begun]] = [(None, begun)]
-            others: list[tuple[batching.Gathered, Begun | None]] = []
-            for g in gathered:
-                with self._as_request(g):
-                    try:
-                        b = self._begin(g.item_id, g.kwargs.get("outage"), g.kwargs.get("carry"))
-                    except Exception:  # noqa: BLE001 - its own frame meets the error again
-                        others.append((g, None))
-                        continue
-                if b is None:
-                    g.message.ack()  # nothing to do for it (terminal, stale, over the cap)
-                elif b.stage != "stylize" or b.attempt_no > 1:
-                    others.append((g, b))  # resumed past stylize, or a retry: on its own
-                else:
-                    members.append((g, b))
-            bodies = self._batch_bodies([b for _, b in members]) if len(members) > 1 else {}
-            log.info("stylize batch of %d photo(s)%s", len(members),
-                     "" if bodies or len(members) == 1 else " (run one by one after a batch error)")
-            for g, b in members[1:]:
-                self._run_gathered(g, b, started, bodies.get(b.attempt_id))
-            for g, b in others:
-                self._run_gathered(g, b, started, None)
+        bodies: dict = {}
+        try:
+            with self.app.connection_for_read() as conn:
+                gathered = batching.gather(conn.default_channel, "stylize", TASK_NAMES["stylize"],
+                                           settings.resolved_stylize_batch_max - 1,
+                                           settings.stylize_batch_wait_ms / 1000)
+                members: list[tuple[batching.Gathered | None, Begun]] = [(None, begun)]
+                others: list[tuple[batching.Gathered, Begun | None]] = []
+                for g in gathered:
+                    with self._as_request(g):
+                        try:
+                            b = self._begin(g.item_id, g.kwargs.get("outage"), g.kwargs.get("carry"))
+                        except Exception:  # noqa: BLE001 - its own frame meets the error again
+                            others.append((g, None))
+                            continue
+                    if b is None:
+                        _ack(g)  # nothing to do for it (terminal, stale, over the cap)
+                    elif b.stage != "stylize" or b.attempt_no > 1:
+                        others.append((g, b))  # resumed past stylize, or a retry: on its own
+                    else:
+                        members.append((g, b))
+                bodies = self._batch_bodies([b for _, b in members]) if len(members) > 1 else {}
+                log.info("stylize batch of %d photo(s)%s", len(members),
+                         "" if bodies or len(members) == 1 else " (one by one after a batch error)")
+                for g, b in members[1:]:
+                    self._run_gathered(g, b, started, bodies.get(b.attempt_id))
+                for g, b in others:
+                    self._run_gathered(g, b, started, None)
+        except Exception as e:  # noqa: BLE001 - the broker: what was gathered comes back later
+            # Gathered messages not acknowledged return after the visibility timeout and find
+            # their items where these runs left them; this task's own item still runs now.
+            log.warning("stylize batch: %r; this task's photo runs on its own", e)
         self._run_from(begun, {}, started, outage, bodies.get(begun.attempt_id))
 
     def _batch_bodies(self, members: list[Begun]) -> dict[int, object]:
@@ -345,6 +351,7 @@ class StageTask(Task):
             id=g.headers.get("id"), args=[g.item_id], kwargs=g.kwargs,
             retries=int(g.headers.get("retries") or 0), hostname=parent.hostname,
             delivery_info=parent.delivery_info, called_directly=False, is_eager=False,
+            gathered=True,  # its stage runs stay out of this task's stage metrics
             timelimit=g.headers.get("timelimit"), root_id=g.headers.get("root_id"),
             parent_id=g.headers.get("parent_id"))
         try:
@@ -369,7 +376,7 @@ class StageTask(Task):
         except Exception as e:  # noqa: BLE001 - as Celery would: logged, acknowledged
             log.error("gathered stylize task of item %s failed: %r", g.item_id, e)
         finally:
-            g.message.ack()
+            _ack(g)
 
     def _run_one(self, begun: Begun, memo: dict, started: float, outage, body=None) -> Begun | None:
         """Run one begun stage; the next stage's Begun when this task goes on with it."""
@@ -378,7 +385,8 @@ class StageTask(Task):
         t0 = time.perf_counter()
         try:
             ctx = self.context(begun, memo)
-            if stage in _MODEL_ROLE:  # the stage histogram's model label (worker/metrics.py)
+            counted = not getattr(self.request, "gathered", False)
+            if stage in _MODEL_ROLE and counted:  # the stage histogram's model label
                 metrics.note_models({stage: ctx.pipe.choice(_MODEL_ROLE[stage]).model_id})
             outcome = (body or STAGE_BODIES[stage])(ctx) or {}
             timings = dict(outcome.get("timings") or {})
@@ -410,7 +418,8 @@ class StageTask(Task):
                 return None
             if following is None:
                 raise Ignore()
-            metrics.went_on(nxt)
+            if counted:
+                metrics.went_on(nxt)
             row = dict(begun.row, _size=size, _faces=faces)
             return Begun(following.id, following.attempt, nxt, row)
         except Ignore:
@@ -480,7 +489,8 @@ class StageTask(Task):
             if stage != self.stage:
                 log.info("item %s: %s task resumes at %s (attempt %d)", item_id, self.stage,
                          stage, attempt.attempt)
-                metrics.resumed_at(stage)
+                if not getattr(self.request, "gathered", False):
+                    metrics.resumed_at(stage)
             return Begun(attempt.id, attempt.attempt, stage, row)
 
     def _publish(self, stage: str, item_id: str, carry: dict | None) -> None:
@@ -537,6 +547,17 @@ class StageTask(Task):
                     st.delete(key)
         except Exception as e:  # noqa: BLE001 - never fail a finished item over clean-up
             log.warning("could not remove the stage artifacts of item %s: %r", item_id, e)
+
+
+def _ack(g) -> None:
+    """Acknowledge a gathered message. If the broker connection it came on was lost, it cannot
+    be: Redis hands it out again after the visibility timeout, to a stage that finds its item
+    moved on (or terminal) and does nothing."""
+    try:
+        g.message.ack()
+    except Exception as e:  # noqa: BLE001 - see above
+        log.warning("could not acknowledge the gathered task of item %s (%r); it comes back "
+                    "after the visibility timeout and finds its item done", g.item_id, e)
 
 
 # Seconds the last run of each stage took in this process (merges_into's estimate).

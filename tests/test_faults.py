@@ -56,6 +56,10 @@ FAULT_RULES = ",".join(
 )
 JOB_TIMEOUT_S = 120
 SUMMARY: list[Figures] = []
+# GPU batching on (worker/batching.py): the stylize workers gather waiting photos. The wait is
+# long, so the photos of a test meet in one batch. tests/test_faults_batched.py runs the key
+# faults of this module on a stack with these settings.
+BATCHING = {"FACE2PAINT_STYLIZE_BATCH_MAX": "4", "FACE2PAINT_STYLIZE_BATCH_WAIT_MS": "1000"}
 
 
 # --- the stack ------------------------------------------------------------------------------
@@ -63,6 +67,10 @@ SUMMARY: list[Figures] = []
 
 @pytest.fixture(scope="module")
 def stack(pg_server, redis_server, s3_server, tmp_path_factory):
+    yield from fault_stack(pg_server, redis_server, s3_server, tmp_path_factory, {})
+
+
+def fault_stack(pg_server, redis_server, s3_server, tmp_path_factory, extra_env: dict):
     for server in (pg_server, redis_server, s3_server):
         if not server.managed:
             pytest.skip(f"fault tests stop and start the {server.name} server; unset "
@@ -83,6 +91,7 @@ def stack(pg_server, redis_server, s3_server, tmp_path_factory):
         "FACE2PAINT_SWEEP_UNPUBLISHED_AFTER_S": "2",
         "FACE2PAINT_FAULTS": FAULT_RULES,
         "FACE2PAINT_FAULTS_DIR": str(faults_dir),
+        **extra_env,
     }
     st = ProcessStack(env, home, workers=2)
     st.faults_dir = faults_dir

@@ -108,11 +108,12 @@ class Unavailable(ServerError):
     status = 503
 
 
-class ConnectionFailed(ClientError):
-    """The server could not be reached (refused, timed out, name unknown)."""
+class ConnectionFailed(ClientError, ConnectionError):
+    """The server could not be reached, or the connection broke (refused, timed out, reset);
+    also a ConnectionError, for code that catches OSError."""
 
 
-class WaitTimeout(ClientError):
+class WaitTimeout(ClientError, TimeoutError):
     """Job.wait ran past its timeout; the job goes on."""
 
 

@@ -109,8 +109,9 @@ def test_an_unreachable_server_is_one_readable_error():
     from face2paint.cli.stack import free_port
 
     with Client(f"http://127.0.0.1:{free_port()}", "k", retries=1, sleep=lambda s: None) as c:
-        with pytest.raises(ConnectionFailed, match="cannot reach .* is the server running"):
+        with pytest.raises(ConnectionFailed, match="cannot reach .* is the server running") as e:
             c.job("0" * 32)
+    assert isinstance(e.value, ConnectionError) and e.value.status is None
 
 
 # --- retries against a loopback server --------------------------------------------------------

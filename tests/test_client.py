@@ -201,6 +201,17 @@ def test_retries_are_bounded_and_their_waits_capped(scripted):
             c.job("a" * 32)
 
 
+def test_photos_may_be_given_several_ways(scripted, tmp_path):
+    srv, url = scripted()
+    (tmp_path / "a.png").write_bytes(_png())
+    with Client(url, "k") as c:
+        c.submit((str(tmp_path / "a.png"), tmp_path / "a.png"))  # a tuple of paths: two photos
+        c.submit(("b.png", io.BytesIO(_png())))  # one (name, file) pair
+        with pytest.raises(TypeError, match="give a path, bytes or"):
+            c.submit([42])
+    assert len(srv.requests) == 2 and srv.requests[0][3] > srv.requests[1][3]
+
+
 def test_content_disposition_names():
     assert filename_from('attachment; filename="a b.png"') == "a b.png"
     assert filename_from("attachment; filename=\"_.png\"; filename*=UTF-8''%C3%A9t%C3%A9.png") == "été.png"

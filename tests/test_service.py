@@ -62,7 +62,7 @@ def test_twenty_photos_complete_with_every_transition_visible(stack, client, db,
     files = [astronaut_path(), *_photos(tmp_path, TWENTY)]
     assert len(files) == 20
     job = client.submit(files, {})
-    assert job["status"] == "queued" and job["progress"] == {"done": 0, "total": 20}
+    assert job["status"] == "queued" and job["progress"] == {"done": 0, "failed": 0, "canceled": 0, "pending": 20, "total": 20}
     job_states, item_states = [job["status"]], {}
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:

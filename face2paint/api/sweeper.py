@@ -12,6 +12,10 @@ A published item counts as stalled after FACE2PAINT_STAGE_TIMEOUT_S without prog
 
 It also publishes again the webhook deliveries due for FACE2PAINT_WEBHOOK_LOST_AFTER_S that no
 worker took (their message lost, or never sent after a crash): sweep_webhooks_once.
+
+Each sweep also applies the retention period (retention_once): jobs finished more than
+FACE2PAINT_RETENTION_DAYS ago are marked expired, and the objects of expired and deleted jobs
+are removed from storage (jobs/retention.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import logging
 
 from ..jobs.db import unit_of_work
 from ..jobs.enqueue import mark_enqueued, publish_then_mark
+from ..jobs.retention import expire_finished, mark_purged, purge_objects, to_purge
+from ..jobs.storage import StorageError
 from ..jobs.sweep import stuck_items
 from ..jobs.webhooks import lost_deliveries
 
@@ -74,6 +80,30 @@ def sweep_webhooks_once(sessions, settings) -> int:
     return len(ids)
 
 
+def retention_once(sessions, storage, settings) -> int:
+    """Expire the jobs past the retention period, then remove the objects of every expired or
+    deleted job not purged yet; how many jobs were purged. A job whose objects could not all
+    be removed (storage down) stays unpurged for the next sweep."""
+    with sessions() as s:
+        with unit_of_work(s):
+            expired = expire_finished(s, settings.retention_days)
+        with unit_of_work(s):
+            pending = to_purge(s)
+        purged = []
+        for job_id in pending:
+            try:
+                purge_objects(storage, job_id)
+            except StorageError as e:
+                log.warning("could not remove the objects of job %s yet: %s", job_id, e)
+                continue
+            purged.append(job_id)
+        with unit_of_work(s):
+            mark_purged(s, purged)
+    if expired:
+        log.info("expired %d jobs older than %g days", len(expired), settings.retention_days)
+    return len(purged)
+
+
 async def sweep_forever(app) -> None:
     state = app.state
     while True:
@@ -86,3 +116,7 @@ async def sweep_forever(app) -> None:
             await asyncio.to_thread(sweep_webhooks_once, state.sessions, state.settings)
         except Exception:
             log.exception("webhook sweep failed")
+        try:
+            await asyncio.to_thread(retention_once, state.sessions, state.storage, state.settings)
+        except Exception:  # keep sweeping through outages
+            log.exception("retention sweep failed")

@@ -123,6 +123,8 @@ class ApiKey(Base):
     owner: Mapped[str] = mapped_column(String(255), index=True)
     # sha256 hex of the key; the plaintext is shown once and never stored.
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The key's first characters, to tell keys apart in `keys list` (not enough to use one).
+    prefix: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
     # The key's webhook signing secret (whsec_ + base64), shown with the key when created.
@@ -138,6 +140,8 @@ class Job(Base):
         UniqueConstraint("owner", "idempotency_key"),
         # Cursor pagination of one owner's jobs, newest first.
         Index(None, "owner", "created_at", "id"),
+        # The retention sweep: finished jobs older than the retention period.
+        Index(None, "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -157,6 +161,11 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Privacy (jobs/retention.py): deleted by its owner (404 from then on), or expired after
+    # the retention period (410 for its results); purged once its objects are gone from storage.
+    deleted_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    purged_at: Mapped[datetime | None]
 
     items: Mapped[list[Item]] = relationship(
         back_populates="job", order_by="Item.index", passive_deletes=True
@@ -188,6 +197,8 @@ class Item(Base):
     error: Mapped[str | None] = mapped_column(Text)
     face_count: Mapped[int | None]
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # stage -> seconds
+    # role -> model id, as each stage ran (detect, parse, stylize, stylize_background).
+    models: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     width: Mapped[int | None]
     height: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

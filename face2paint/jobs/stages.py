@@ -181,10 +181,12 @@ def finish_stage(
     *,
     output_key: str | None = None,
     face_count: int | None = None,
+    models: dict[str, str] | None = None,
 ) -> bool:
     """Close a successful attempt; True if the item's chain should go on from it. With
     `output_key` (the finalize stage) the same transaction also marks the item succeeded, so
-    a succeeded item always has exactly one succeeded finalize attempt.
+    a succeeded item always has exactly one succeeded finalize attempt. `models` (role ->
+    model id) is what the stage ran, recorded on the item.
 
     Exactly one attempt at a stage goes on: the latest one. An older attempt that finishes
     after a newer one began was a duplicate delivery (a worker whose broker connection dropped
@@ -211,6 +213,8 @@ def finish_stage(
     row.finished_at = now
     row.outcome = Outcome.SUCCEEDED if current else Outcome.DUPLICATE
     _merge_timings(item, timings)
+    if current and models:
+        item.models = {**(item.models or {}), **models}  # a new dict: JSON changes in place go unseen
     if current and output_key is not None:
         check_item_transition(item.status, ItemState.SUCCEEDED)
         item.output_key = output_key

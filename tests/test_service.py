@@ -179,7 +179,8 @@ def test_cancel_stops_pending_items(client, tmp_path):
     assert len(canceled) >= 6
     for i in canceled:
         assert i["result_url"] is None
-        assert client.http.get(f"/v1/jobs/{job['id']}/items/{i['id']}/result").status_code == 409
+        r = client.http.get(f"/v1/jobs/{job['id']}/items/{i['id']}/result")
+        assert r.status_code == 410 and "canceled" in r.json()["detail"]  # never coming, not "not yet"
 
 
 def test_list_jobs_paginates_with_a_cursor(client):

@@ -111,6 +111,19 @@ class Settings(BaseSettings):
     # may use divided by the threads of one process (one process per GPU: see docs/SCALING.md).
     worker_processes: PositiveInt | None = None
 
+    # The job system's own cost per photo (worker/tasks.py). A worker that consumes the next
+    # stage's queue too runs it in the same task (one hand-off and one read of the artifacts
+    # less); off: every stage goes through the broker. Small stage outputs (the detected faces)
+    # travel in the next stage's message up to this many bytes of JSON, else the next stage
+    # reads them from the database.
+    merge_stages: bool = True
+    message_artifact_max_bytes: int = Field(default=64 * 1024, ge=0)
+    # GPU batching (worker/batching.py): a stylize task also takes up to batch_max - 1 more
+    # stylize tasks waiting in its queue, gathered for at most batch_wait_ms, and runs their
+    # generator passes together. Unset: 1 (no batching) on CPU, 16 on CUDA.
+    stylize_batch_max: PositiveInt | None = None
+    stylize_batch_wait_ms: float = Field(default=20.0, ge=0)
+
     # Derived settings: what each unset service URL means in embedded mode. Every layer reads
     # these instead of working the defaults out itself.
 
@@ -149,6 +162,12 @@ class Settings(BaseSettings):
         if self.model_device.startswith("cuda"):
             return 1
         return max(1, cores_available() // self.resolved_model_threads)
+
+    @property
+    def resolved_stylize_batch_max(self) -> int:
+        if self.stylize_batch_max is not None:
+            return self.stylize_batch_max
+        return 16 if self.model_device.startswith("cuda") else 1
 
 
 @lru_cache(maxsize=1)

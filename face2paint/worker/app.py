@@ -1,8 +1,9 @@
 """The Celery application: queues, routing and the reliability settings for long GPU tasks.
 
 This module imports no model code, so the API can enqueue tasks by name through it without
-torch installed. Each item runs as a chain detect -> parse -> stylize -> finalize, one queue
-per stage, so CPU workers take detect/parse/finalize and GPU workers take stylize.
+torch installed. Each item runs through detect -> parse -> stylize -> finalize, one queue per
+stage, so CPU workers take detect/parse/finalize and GPU workers take stylize; a worker that
+consumes several stage queues runs consecutive stages in one task (worker/tasks.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import logging
 from functools import lru_cache
 
-from celery import Celery, chain
+from celery import Celery
 
 from ..jobs.states import STAGES
 from ..settings import Settings, get_settings
@@ -82,18 +83,17 @@ def celery_app() -> Celery:
     return make_celery()
 
 
-def item_chain(item_id: str, from_stage: str = "detect", app: Celery | None = None):
-    """The remaining stages of one item as a chain of immutable signatures, by task name."""
+def stage_signature(item_id: str, stage: str = "detect", app: Celery | None = None, **kwargs):
+    """One stage's task for one item, by task name. There is no chain: each stage publishes
+    the next itself once its attempt is committed, or runs it in the same task
+    (worker/tasks.py), so a message says where an item's run starts, not all of it."""
     app = app or celery_app()
-    stages = STAGES[STAGES.index(from_stage):]
-    return chain(
-        app.signature(TASK_NAMES[s], args=(item_id,), immutable=True, queue=s) for s in stages
-    )
+    return app.signature(TASK_NAMES[stage], args=(item_id,), kwargs=kwargs, queue=stage)
 
 
 def enqueue_items(item_ids: list[str], from_stage: str = "detect", app: Celery | None = None) -> None:
     for item_id in item_ids:
-        item_chain(item_id, from_stage, app).apply_async()
+        stage_signature(item_id, from_stage, app).apply_async()
 
 
 def enqueue_webhooks(delivery_ids: list[str], countdown: float | None = None,

@@ -108,11 +108,12 @@ class Unavailable(ServerError):
     status = 503
 
 
-class ConnectionFailed(ClientError):
-    """The server could not be reached (refused, timed out, name unknown)."""
+class ConnectionFailed(ClientError, ConnectionError):
+    """The server could not be reached, or the connection broke (refused, timed out, reset);
+    also a ConnectionError, for code that catches OSError."""
 
 
-class WaitTimeout(ClientError):
+class WaitTimeout(ClientError, TimeoutError):
     """Job.wait ran past its timeout; the job goes on."""
 
 
@@ -369,9 +370,15 @@ class Job:
 
 
 def _as_list(photos) -> list:
-    if isinstance(photos, (str, Path, bytes, bytearray, tuple)):
+    if isinstance(photos, (str, Path, bytes, bytearray)) or _is_pair(photos):
         return [photos]
     return list(photos)
+
+
+def _is_pair(photo) -> bool:
+    """(filename, bytes or an open file): one photo, not a tuple of photos."""
+    return (isinstance(photo, tuple) and len(photo) == 2 and isinstance(photo[0], str)
+            and (isinstance(photo[1], (bytes, bytearray)) or hasattr(photo[1], "read")))
 
 
 def _open_photo(photo, index: int) -> tuple[str, IO[bytes]]:
@@ -380,7 +387,7 @@ def _open_photo(photo, index: int) -> tuple[str, IO[bytes]]:
         return path.name, open(path, "rb")
     if isinstance(photo, (bytes, bytearray)):
         return f"photo-{index + 1}", io.BytesIO(bytes(photo))
-    if isinstance(photo, tuple) and len(photo) == 2:
+    if _is_pair(photo):
         name, content = photo
         if isinstance(content, (bytes, bytearray)):
             return str(name), io.BytesIO(bytes(content))

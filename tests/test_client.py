@@ -109,8 +109,9 @@ def test_an_unreachable_server_is_one_readable_error():
     from face2paint.cli.stack import free_port
 
     with Client(f"http://127.0.0.1:{free_port()}", "k", retries=1, sleep=lambda s: None) as c:
-        with pytest.raises(ConnectionFailed, match="cannot reach .* is the server running"):
+        with pytest.raises(ConnectionFailed, match="cannot reach .* is the server running") as e:
             c.job("0" * 32)
+    assert isinstance(e.value, ConnectionError) and e.value.status is None
 
 
 # --- retries against a loopback server --------------------------------------------------------
@@ -198,6 +199,17 @@ def test_retries_are_bounded_and_their_waits_capped(scripted):
     with Client(url, "k", retries=1, sleep=slept.append) as c:
         with pytest.raises(Unavailable):
             c.job("a" * 32)
+
+
+def test_photos_may_be_given_several_ways(scripted, tmp_path):
+    srv, url = scripted()
+    (tmp_path / "a.png").write_bytes(_png())
+    with Client(url, "k") as c:
+        c.submit((str(tmp_path / "a.png"), tmp_path / "a.png"))  # a tuple of paths: two photos
+        c.submit(("b.png", io.BytesIO(_png())))  # one (name, file) pair
+        with pytest.raises(TypeError, match="give a path, bytes or"):
+            c.submit([42])
+    assert len(srv.requests) == 2 and srv.requests[0][3] > srv.requests[1][3]
 
 
 def test_content_disposition_names():

@@ -112,6 +112,7 @@ def test_up_keys_sigterm_and_port_in_use(tmp_path):
     try:
         text = "".join(banner)
         assert "stylize: " in text and "detect: " in text  # the models each stage uses
+        assert "its webhook secret: whsec_" in text  # what its webhooks are signed with
         key_file = home / "api-key"
         assert key_file.read_text().strip() == local
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600

@@ -156,6 +156,19 @@ def test_webhook_options_at_submit_and_the_deliveries_route(tmp_path):
     engine.dispose()
 
 
+def test_a_canceled_job_sends_job_finished_only(tmp_path):
+    settings, engine, _, key, _ = _api(tmp_path, webhook_allow_private=True)
+    with TestClient(create_app(settings, sweeper=False), headers={"Authorization": f"Bearer {key}"}) as http:
+        job = _submit(http, {"webhook_url": "http://127.0.0.1:9/h"}).json()
+        assert http.get(f"/v1/jobs/{job['id']}/webhooks").json() == []  # nothing has happened yet
+        assert http.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "canceled"
+        (d,) = http.get(f"/v1/jobs/{job['id']}/webhooks").json()
+        assert d["event"] == "job.finished" and d["attempts"] == 0
+        http.post(f"/v1/jobs/{job['id']}/cancel")  # a second cancel changes nothing
+        assert len(http.get(f"/v1/jobs/{job['id']}/webhooks").json()) == 1
+    engine.dispose()
+
+
 def test_public_addresses_pass_the_check():
     webhooks.check_url("https://93.184.215.14/hook", allow_private=False)
     webhooks.check_url("http://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:8443/x", allow_private=False)

@@ -222,6 +222,9 @@ def up(
                     _fail(f"could not start the embedded stack: {one_line(e)}")
                 console.print(f"API: {stack.api_url}  (docs at {stack.api_url}/docs, web page at {stack.api_url}/)")
                 console.print(f"API key for owner 'local': {stack.api_key}  (kept in {stack.key_file})")
+                console.print(f"its webhook secret: {stack.webhook_secret}" if stack.webhook_secret else
+                              "its webhook secret: none (the key predates webhooks; `face2paint keys "
+                              "revoke` it and start again for a new one)")
                 _describe_models(None, settings=Settings(home=home))
                 console.print(f"data: {home}; logs: {stack.home / 'logs'}; Ctrl-C stops")
                 while all(p.poll() is None for p in list(stack.procs.values())):

@@ -74,6 +74,7 @@ class ProcessStack:
         self.owner = owner
         self.procs: dict[str, subprocess.Popen] = {}
         self.api_key: str | None = None
+        self.webhook_secret: str | None = None  # the key's (jobs/webhooks.py); None for older keys
         # Where the owner's key is kept between starts (`face2paint up`); None: a new key
         # at every start.
         self.key_file: Path | None = None
@@ -89,7 +90,7 @@ class ProcessStack:
         return env
 
     def start(self) -> "ProcessStack":
-        from ..jobs.api_keys import create_api_key
+        from ..jobs.api_keys import create_api_key, webhook_secret
         from ..jobs.db import make_engine, session_factory, session_scope
         from ..jobs.migrate import upgrade
 
@@ -101,6 +102,7 @@ class ProcessStack:
         try:
             with session_scope(session_factory(engine)) as s:
                 self.api_key = self._stored_key(s) or create_api_key(s, self.owner)
+                self.webhook_secret = webhook_secret(s, self.api_key)
         finally:
             engine.dispose()
         if self.key_file is not None:

@@ -99,8 +99,8 @@ def begin_stage(
         item.error = _give_up_reason(session, item, stage, attempts - 1)
         item.finished_at = now
         item.updated_at = now
-        webhooks.item_ended(session, item)  # the outbox row, in this transaction
-        refresh_job(session, item.job_id)
+        # The job read under its lock serves the event too (no read of its own).
+        webhooks.item_ended(session, item, refresh_job(session, item.job_id))
         log.warning("item %s failed: %s", item_id, item.error)
         return None
 
@@ -224,8 +224,7 @@ def finish_stage(
         item.error = None
         item.finished_at = now
         item.updated_at = now
-        webhooks.item_ended(session, item)
-        refresh_job(session, item.job_id)
+        webhooks.item_ended(session, item, refresh_job(session, item.job_id))
     elif item.status not in TERMINAL_ITEM_STATES:
         item.updated_at = now
         if not current and item.stage == row.stage and item.attempts > 0:
@@ -248,6 +247,5 @@ def fail_item(session: Session, item_id: str, reason: str) -> Item | None:
     item.error = clip(reason) or "failed"
     item.finished_at = now
     item.updated_at = now
-    webhooks.item_ended(session, item)
-    refresh_job(session, item.job_id)
+    webhooks.item_ended(session, item, refresh_job(session, item.job_id))
     return item

@@ -23,7 +23,7 @@ import socket
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import or_, select
+from sqlalchemy import case, or_, select
 from sqlalchemy.orm import Session
 
 from ..settings import Settings
@@ -143,7 +143,9 @@ def item_data(item: Item, job_id: str) -> dict:
 
 
 def item_ended(session: Session, item: Item, job: Job | None = None) -> WebhookDelivery | None:
-    """The event of an item that just succeeded or failed (canceled items have none)."""
+    """The event of an item that just succeeded or failed (canceled items have none), in the
+    transaction that ended it. Its time is the item's finished_at, so it sorts before the
+    job.finished event that the same transaction may add first."""
     event = {ItemState.SUCCEEDED: ITEM_SUCCEEDED, ItemState.FAILED: ITEM_FAILED}.get(item.status)
     if event is None:
         return None
@@ -262,9 +264,11 @@ def lost_deliveries(session: Session, older_than_s: float, limit: int = 500) -> 
 
 
 def job_deliveries(session: Session, job_id: str, owner: str) -> list[WebhookDelivery]:
-    """The owner's job's deliveries, oldest first (JobNotFound if the job is not theirs)."""
+    """The owner's job's deliveries, oldest first, job.finished after the items' events of the
+    same moment (JobNotFound if the job is not theirs)."""
     get_job(session, job_id, owner)
+    last = case((WebhookDelivery.event == JOB_FINISHED, 1), else_=0)
     return list(session.scalars(
         select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
-        .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+        .order_by(WebhookDelivery.created_at, last, WebhookDelivery.id)
     ))

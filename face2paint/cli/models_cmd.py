@@ -48,7 +48,10 @@ def verify() -> None:
             what = ("sha256 ok" if spec.sha256 else "git blob ok" if spec.git_blob
                     else "converted from a verified source" if spec.converted_from else "")
             if spec.stage in ("detect", "parse", "stylize"):
-                built = getattr(loaders.build(found), "model_id", spec.id)
+                from ..models.sessions import runtime_used
+
+                model = loaders.build(found)
+                built = getattr(model, "model_id", spec.id)
                 if built != spec.id:
                     # The stage's loader put another model in its place: say so, never "loads".
                     console.print(f"[yellow]{spec.id}[/yellow]: {what or 'present'}, but the "
@@ -56,6 +59,8 @@ def verify() -> None:
                                   f"(it built {built}) ({found.path or found.source})")
                     continue
                 what = f"{what}, loads" if what else "loads"
+                if runtime_used(model):
+                    what = f"{what} on {runtime_used(model)}"
             console.print(f"[green]{spec.id}[/green]: {what} ({found.path or found.source})")
         except (ModelUnavailable, ValueError, RuntimeError, OSError) as e:
             bad += 1

@@ -20,7 +20,7 @@ from typing import Callable
 
 from . import loaders
 from .registry import ModelUnavailable, Registry
-from .sessions import RuntimeOptions
+from .sessions import RuntimeOptions, runtime_used
 
 log = logging.getLogger("face2paint.models")
 
@@ -82,8 +82,11 @@ class ModelCache:
                 record = LoadRecord(model_id, key[1], round(time.perf_counter() - t0, 3), os.getpid())
                 self._models[key] = model
                 self.loaded.append(record)
-                log.info("%s %s (%s, threads %d, %s) in %.2fs, pid %d", LOAD_LOG_PREFIX, model_id,
-                         key[1].device, key[1].threads, key[1].precision, record.seconds, record.pid)
+                # The runtime actually used (OpenVINO bf16, or the fallback and why): workers print
+                # it at startup when they load their models.
+                log.info("%s %s (%s, threads %d, %s) in %.2fs, pid %d%s", LOAD_LOG_PREFIX, model_id,
+                         key[1].device, key[1].threads, key[1].precision, record.seconds, record.pid,
+                         f", on {runtime_used(model)}" if runtime_used(model) else "")
                 if self.on_load is not None:
                     self.on_load(record)
         return model

@@ -53,13 +53,36 @@ def _landmark_regions(spec, resolved, options):
 
 
 def _animegan(spec, resolved, options):
-    from .generators.animegan import AnimeGANStylizer, load_generator
+    """AnimeGANv2 weights (torch): exported once to ONNX beside the model cache and run by the
+    ONNX engines (OpenVINO on CPU, CUDA/TensorRT on GPUs); on torch only when asked
+    (FACE2PAINT_MODEL_RUNTIME=torch) or when the export fails, which is logged."""
+    import logging
 
-    return AnimeGANStylizer(_session(spec, resolved, options, load_generator(resolved.path)), spec.id)
+    from ..settings import get_settings
+    from .generators.animegan import AnimeGANStylizer, cached_onnx, load_generator
+    from .generators.tflite import OnnxGenerator
+
+    generator = load_generator(resolved.path, upsample=spec.options.get("upsample", "align_corners"))
+    if options.engine != "torch":
+        fp16 = options.device_kind == "cuda" and options.precision in ("auto", "fp16")
+        try:
+            path = cached_onnx(generator, resolved.path, get_settings().resolved_model_cache_dir / "onnx",
+                               fp16=fp16)
+        except Exception as exc:  # the exporter's errors are not one type; torch still runs it
+            logging.getLogger("face2paint.models").warning(
+                "model %s: ONNX export failed (%s); it runs on torch", spec.id, str(exc)[:200])
+        else:
+            session = open_session("onnxruntime", path, options, model_id=spec.id,
+                                   max_threads=spec.options.get("max_threads"))
+            return OnnxGenerator(session, spec.id, color="RGB", pad_multiple=AnimeGANStylizer.pad_multiple)
+    return AnimeGANStylizer(_session(spec, resolved, options, generator), spec.id)
 
 
 def _generator_kwargs(spec: ModelSpec) -> dict:
-    return {k: spec.options[k] for k in _GENERATOR_OPTIONS if k in spec.options}
+    kw = {k: spec.options[k] for k in _GENERATOR_OPTIONS if k in spec.options}
+    if "pad_multiple" not in kw and spec.io is not None and spec.io.size_multiple:
+        kw["pad_multiple"] = spec.io.size_multiple  # AnimeGANv3: 8, or 16 for the tiny ones
+    return kw
 
 
 def _tflite_generator(spec, resolved, options):

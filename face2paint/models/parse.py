@@ -235,7 +235,8 @@ def label_mask(labels: np.ndarray, names) -> np.ndarray:
     return lut[labels]
 
 
-def region_masks(labels: np.ndarray, smooth: bool = True, size_hint=None) -> dict[str, np.ndarray]:
+def region_masks(labels: np.ndarray, smooth: bool = True, size_hint=None,
+                 names=None) -> dict[str, np.ndarray]:
     """Float32 0..1 masks for the refine stage (paste-back's mask is `face.paste_mask`).
 
     Keys: skin, eyes, brows, glasses, nose, lips, mouth, hair, ears, neck, face.
@@ -243,6 +244,8 @@ def region_masks(labels: np.ndarray, smooth: bool = True, size_hint=None) -> dic
     relative to the crop size, so hard label edges never reach the refiners or the generator.
     ``size_hint`` ((h, w) or a side length) returns masks at that size (labels resized with
     nearest neighbour first), e.g. when labels were computed at a different resolution.
+    ``names`` limits the result to those keys (`refine.masks_needed`): each mask is a blur of
+    the whole crop, and refinement uses about half of them.
     """
     labels = np.asarray(labels)
     if labels.dtype != np.uint8:
@@ -255,8 +258,11 @@ def region_masks(labels: np.ndarray, smooth: bool = True, size_hint=None) -> dic
     sigma = max(0.6, 0.004 * s)  # ~2 px at 512: softens the label staircase, keeps small parts
 
     masks: dict[str, np.ndarray] = {}
-    for key, names in list(_REGIONS.items()) + [("face", FACE_LABELS)]:
-        m = label_mask(labels, names).astype(np.float32)
+    wanted = None if names is None else set(names)
+    for key, label_names in list(_REGIONS.items()) + [("face", FACE_LABELS)]:
+        if wanted is not None and key not in wanted:
+            continue
+        m = label_mask(labels, label_names).astype(np.float32)
         if smooth and m.any():
             m = np.clip(cv2.GaussianBlur(m, (0, 0), sigma), 0.0, 1.0)
         masks[key] = m

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from .align import EYES_Y_FRACTION
-from .parse import FACE_LABELS, label_mask
+from .parse import FACE_LABELS, label_mask, region_masks
 from .types import LABEL_ID as _LABEL_ID
 from .types import Params
 
@@ -314,3 +314,40 @@ def refine_face(crop: np.ndarray, masks: dict, params: Params | None = None,
     out = np.clip(np.round(_rgb(lab)), 0, 255).astype(np.uint8)
     out[~touched] = src[~touched]
     return out
+
+
+def masks_needed(params: Params | None = None) -> tuple[str, ...]:
+    """The region masks `refine_face` reads with these parameters: the face (where anything may
+    change) and lips always; skin only when smoothing, eyes/brows/glasses only when enhancing."""
+    params = params or Params()
+    need = ["face", "lips"]
+    if float(params.skin_smoothing_factor) > 0:
+        need.append("skin")
+    if abs(float(params.eye_enhance_ratio) - 1.0) > 1e-3:
+        need += ["eyes", "brows", "glasses"]
+    return tuple(need)
+
+
+def refine_at(crop: np.ndarray, labels: np.ndarray, params: Params | None = None,
+              flags: dict | None = None, size: int | None = None, smooth: bool = True) -> np.ndarray:
+    """`refine_face` with the masks it needs, computed at `size` (the face's work size: the
+    generator sees the crop at that size, so refining more pixels buys nothing), returned at the
+    crop's own size: the refinement's change is upscaled and added to the full-size crop, so
+    pixels it leaves alone stay exact, and area-downscaling the result to `size` gives what
+    refining at `size` gave. Every filter's reach is relative to the crop side, so the result
+    matches refining the full crop (bilateral filtering a 512 crop costs ~16x a 256 one)."""
+    params = params or Params()
+    names = masks_needed(params)
+    h, w = crop.shape[:2]
+    if size is None or size >= min(h, w):
+        return refine_face(crop, region_masks(labels, smooth=smooth, names=names), params, flags)
+    sh, sw = int(round(h * size / min(h, w))), int(round(w * size / min(h, w)))
+    small = cv2.resize(crop, (sw, sh), interpolation=cv2.INTER_AREA)
+    small_labels = cv2.resize(np.ascontiguousarray(labels, np.uint8), (sw, sh),
+                              interpolation=cv2.INTER_NEAREST)
+    refined = refine_face(small, region_masks(small_labels, smooth=smooth, names=names), params, flags)
+    delta = refined.astype(np.float32) - small.astype(np.float32)
+    if not delta.any():
+        return np.ascontiguousarray(crop, dtype=np.uint8).copy()
+    up = cv2.resize(delta, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(np.rint(crop.astype(np.float32) + up), 0, 255).astype(np.uint8)

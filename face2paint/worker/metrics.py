@@ -34,6 +34,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..jobs.states import STAGES
+
 log = logging.getLogger("face2paint.worker")
 
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
@@ -171,7 +173,8 @@ def stylize_batch(model: str, size: int) -> None:
 
 def _stage_of(task) -> str | None:
     name = getattr(task, "name", "") or ""
-    return name.rpartition(".")[2] if name.startswith("face2paint.") else None
+    stage = name.rpartition(".")[2] if name.startswith("face2paint.") else None
+    return stage if stage in STAGES else None  # the webhook task is no stage
 
 
 def _cpu_s() -> float:

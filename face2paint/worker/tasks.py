@@ -45,11 +45,12 @@ from sqlalchemy import select
 
 from ..jobs.db import FaceRow, Item, Job, StageAttempt
 from ..jobs.faces import record_faces
-from ..jobs.keys import artifact_key, item_prefix, result_key
+from ..jobs.keys import artifact_key, result_key
 from ..jobs.locks import lock_item
 from ..jobs.progress import refresh_job
+from ..jobs.retention import drop_item_artifacts
 from ..jobs.stages import begin_stage, end_stage, fail_item, finish_stage
-from ..jobs.states import STAGE_STATE, STAGES, Outcome, next_stage, stage_index
+from ..jobs.states import STAGE_STATE, STAGES, ItemState, Outcome, next_stage, stage_index
 from ..jobs.storage import StorageUnavailable
 from ..models.registry import ModelUnavailable
 from . import artifacts, faults, metrics
@@ -115,10 +116,8 @@ class StageContext:
 
     @cached_property
     def params(self):
-        from ..models.types import Params
-
-        try:
-            return Params(**(self.options.get("params") or {}))
+        try:  # the style preset's defaults under the request's own params
+            return self.pipe.params_for(self.options.get("params") or {})
         except TypeError as e:
             raise PermanentError(f"bad params: {e}") from e
 
@@ -126,7 +125,9 @@ class StageContext:
     def pipe(self):
         from ..models.pipeline import Face2Paint
 
-        return Face2Paint(self.models, style=self.options.get("style"))
+        return Face2Paint(self.models, style=self.options.get("style"),
+                          face_style=self.options.get("face_style"),
+                          background_style=self.options.get("background_style"))
 
     @property
     def face2paint(self) -> bool:
@@ -260,6 +261,7 @@ class StageTask(Task):
                 self._retry_after_outage(item_id, e, outage, (outage or {}).get("attempt"))
             raise
         if begun is None:
+            _tidy_ended(None, item_id)
             raise Ignore()
         # A retried stylize runs alone: an input that kills its process (or a batch that died
         # for one) must not take the other photos of a batch down again and spend their attempts.
@@ -388,6 +390,7 @@ class StageTask(Task):
         t0 = time.perf_counter()
         try:
             ctx = self.context(begun, memo)
+            used = _models_used(stage, ctx)
             counted = not getattr(self.request, "gathered", False)
             if stage in _MODEL_ROLE and counted:  # the stage histogram's model label
                 metrics.note_models({stage: ctx.pipe.choice(_MODEL_ROLE[stage]).model_id})
@@ -403,14 +406,17 @@ class StageTask(Task):
                     w, h = outcome["size"]
                     record_faces(s, item_id, outcome["faces"], width=w, height=h)
                 goes_on = finish_stage(s, attempt_id, timings, output_key=outcome.get("output_key"),
-                                       face_count=outcome.get("face_count"))
+                                       face_count=outcome.get("face_count"), models=used)
                 if goes_on and merge:
                     following = begin_stage(s, item_id, nxt, self._worker_name())
                     if following is None:
                         # Canceled meanwhile (or over the cap): the job's counts follow the item.
                         refresh_job(s, job_id)
             if not goes_on:
-                raise Ignore()  # a duplicate delivery: the newer attempt goes on
+                # A duplicate delivery (the newer attempt goes on), or the item was canceled
+                # meanwhile: then what this stage wrote goes.
+                _tidy_ended(job_id, item_id)
+                raise Ignore()
             if nxt is None:
                 self._drop_artifacts(job_id, item_id)
                 return None
@@ -420,6 +426,7 @@ class StageTask(Task):
                 self._publish(nxt, item_id, _carry(size, faces, self.resources.settings))
                 return None
             if following is None:
+                _tidy_ended(job_id, item_id)
                 raise Ignore()
             if counted:
                 metrics.went_on(nxt)
@@ -537,19 +544,43 @@ class StageTask(Task):
             end_stage(s, attempt_id, outcome, error=error,
                       timings={stage: round(time.perf_counter() - t0, 4)})
 
-    def _drop_artifacts(self, job_id: str, item_id: str) -> None:
-        """Once an item has its result, its stage artifacts (several MB per photo) are garbage.
-        Best effort: a leftover costs only space. Failed items keep theirs, for diagnosis. A
-        late duplicate of a stage that finds them gone retries and then stops at the terminal
-        item."""
-        st = self.resources.storage
-        prefix = item_prefix(job_id, item_id)
-        try:
-            for key in st.list(prefix):
-                if key[len(prefix):].split("/", 1)[0] in STAGES:
-                    st.delete(key)
-        except Exception as e:  # noqa: BLE001 - never fail a finished item over clean-up
-            log.warning("could not remove the stage artifacts of item %s: %r", item_id, e)
+    def _drop_artifacts(self, job_id: str, item_id: str, result: bool = False) -> None:
+        _drop_artifacts(job_id, item_id, result)
+
+
+def _drop_artifacts(job_id: str, item_id: str, result: bool = False) -> None:
+    """Once an item has ended, its stage artifacts (several MB per photo) are garbage, whether
+    it succeeded, failed or was canceled (the photos of people are personal data; a failed
+    item's reason is in the database). A canceled item's late result goes too. Best effort: a
+    leftover costs only space, and the job's retention removes it. A late duplicate of a stage
+    that finds them gone retries and then stops at the terminal item."""
+    try:
+        drop_item_artifacts(resources().storage, job_id, item_id, result=result)
+    except Exception as e:  # noqa: BLE001 - never fail a finished item over clean-up
+        log.warning("could not remove the stage artifacts of item %s: %r", item_id, e)
+
+
+def _tidy_ended(job_id: str | None, item_id: str) -> None:
+    """After a stage found its item ended (canceled, failed): remove what is left of it."""
+    try:
+        with session_scope() as s:
+            item = s.get(Item, item_id)
+            status, job_id = (item.status, item.job_id) if item is not None else (None, job_id)
+    except Exception:  # noqa: BLE001 - clean-up only
+        return
+    if status in (ItemState.CANCELED, ItemState.FAILED):
+        _drop_artifacts(job_id, item_id, result=status == ItemState.CANCELED)
+
+
+def _models_used(stage: str, ctx: StageContext) -> dict[str, str]:
+    """The models this stage runs for the item, per role (none when face2paint is off for
+    the face stages)."""
+    if stage == "stylize":
+        return {"stylize": ctx.pipe.choice("stylize").model_id,
+                "stylize_background": ctx.pipe.choice("stylize_background").model_id}
+    if stage in ("detect", "parse") and ctx.face2paint:
+        return {stage: ctx.pipe.choice(stage).model_id}
+    return {}
 
 
 def _ack(g) -> None:
@@ -584,6 +615,9 @@ def _fail(item_id: str, job_id: str | None, reason: str) -> None:
         item = fail_item(s, item_id, reason)
         if item is not None:
             refresh_job(s, job_id or item.job_id)
+            job_id = item.job_id
+    if job_id:
+        _drop_artifacts(job_id, item_id)
 
 
 # --- stages: unpack, one pipeline call, pack -------------------------------------------------

@@ -13,6 +13,7 @@ half_pixel_centers=False); ``upsample="tf"`` reproduces that exactly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,6 +31,8 @@ __all__ = [
     "load_generator",
     "AnimeGANStylizer",
     "UPSAMPLE_MODES",
+    "export_onnx",
+    "cached_onnx",
 ]
 
 UPSAMPLE_MODES = ("align_corners", "half_pixel", "tf")
@@ -85,7 +88,9 @@ def _resize_tf_legacy(x: torch.Tensor, size) -> torch.Tensor:
     such mode, but replicate-padding one pixel at the far edge and resizing that (n + 1) grid
     with align_corners=True to (m + 1) samples dst * n/m with the same clamp; crop back to m.
     """
-    out_h, out_w = int(size[0]), int(size[1])
+    # Under ONNX export the sizes are traced values: int() would bake the export size in.
+    tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    out_h, out_w = (size[0], size[1]) if tracing else (int(size[0]), int(size[1]))
     padded = F.pad(x, (0, 1, 0, 1), mode="replicate")
     y = F.interpolate(padded, (out_h + 1, out_w + 1), mode="bilinear", align_corners=True)
     return y[:, :, :out_h, :out_w]
@@ -213,6 +218,44 @@ def load_generator(path_or_state_dict, device="cpu", upsample: str = "align_corn
     model.to(device).eval()
     model.requires_grad_(False)
     return model
+
+
+def export_onnx(generator: Generator, path: str | Path, fp16: bool = False) -> Path:
+    """Write the generator as ONNX (NCHW float input in [-1, 1], any H and W that are multiples
+    of 4), with the TorchScript exporter: the dynamo one needs onnxscript, which the worker
+    does not install, and gains nothing for a plain conv chain. fp16: weights and I/O in
+    float16, for GPU engines (traced on the CPU)."""
+    import copy
+
+    path = Path(path)
+    model = copy.deepcopy(generator).eval()
+    dtype = torch.float16 if fp16 else torch.float32
+    model = model.to(dtype)
+    x = torch.zeros(1, 3, 64, 96, dtype=dtype)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode():
+        torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {2: "height", 3: "width"},
+                                        "output": {2: "height", 3: "width"}},
+                          opset_version=17, dynamo=False)
+    os.replace(tmp, path)  # atomic: a concurrent process sees no half-written file
+    return path
+
+
+def cached_onnx(generator: Generator, weights: str | Path, cache_dir: str | Path,
+                fp16: bool = False) -> Path:
+    """The ONNX export of `generator` (loaded from `weights`) in `cache_dir`, exported on first
+    use. Keyed by the weights' content, the upsampling mode and the float type, so new weights
+    or another mode never reuse an old export."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
+    name = f"{Path(weights).stem}-{digest}-{generator.upsample}{'-fp16' if fp16 else ''}.onnx"
+    path = Path(cache_dir) / name
+    if not path.is_file():
+        export_onnx(generator, path, fp16=fp16)
+    return path
 
 
 def _pad_reflect(img: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:

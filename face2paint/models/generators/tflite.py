@@ -25,7 +25,7 @@ from math import gcd
 
 import numpy as np
 
-from ..sessions import LiteRTSession, OrtSession
+from ..sessions import LiteRTSession, OrtSession, Session
 
 __all__ = ["TFLiteGenerator", "OnnxGenerator", "TFLiteGraph"]
 
@@ -338,9 +338,9 @@ class OnnxGenerator(_ImageGenerator):
     """ONNX Runtime image-to-image generator; NCHW or NHWC taken from the input's shape, the
     input's float type (float32 or float16) from the graph."""
 
-    def __init__(self, session: OrtSession, model_id: str, color: str = "RGB",
+    def __init__(self, session: OrtSession | Session, model_id: str, color: str = "RGB",
                  size: int | None = None, pad_multiple: int = 8):
-        self._session = session
+        self._session = self.session = session
         inp = session.get_inputs()[0]
         shape = list(inp.shape)
         if len(shape) != 4 or 3 not in (shape[1], shape[3]):

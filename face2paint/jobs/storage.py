@@ -65,7 +65,8 @@ def _check_prefix(prefix: str) -> str:
 
 @runtime_checkable
 class Storage(Protocol):
-    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None, *,
+                  durable: bool = True) -> None: ...
 
     def get_bytes(self, key: str) -> bytes: ...
 
@@ -107,15 +108,19 @@ class LocalStorage:
             raise InvalidKey(f"object key resolves outside the storage root: {key!r}")
         return path
 
-    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None, *,
+                  durable: bool = True) -> None:
+        """durable=False skips the fsync (several ms per object): for scratch objects that
+        only have to outlive a process, not the host (the stages' intermediate artifacts)."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -295,7 +300,8 @@ class S3Storage:
         except BotoCoreError as e:  # connection refused, timeouts, bad endpoint
             raise self._unavailable(e, what) from e
 
-    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None, *,
+                  durable: bool = True) -> None:  # a PUT is durable when it returns
         extra = {"ContentType": content_type} if content_type else {}
         self._call(
             "put", self._client().put_object,

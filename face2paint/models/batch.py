@@ -18,6 +18,7 @@ import numpy as np
 
 from .face import FaceBatch, FaceHelper
 from .image_io import resize_to
+from .keep import apply_keep
 from .types import Params
 
 
@@ -58,16 +59,20 @@ def stylize_many(works: list[Work], max_batch: int = 16) -> list[tuple[list[np.n
             continue
         helper = FaceHelper(w.params)
         generator = w.pipe.face_stylizer
+        min_size = w.pipe._face_option("face_work_size")  # as Face2Paint.stylize_faces
         for i, (crop, inverse) in enumerate(zip(w.faces.refined, w.faces.inverse)):
-            size = helper.work_size(inverse)
+            size = helper.work_size(inverse, min_size)
             small = crop if crop.shape[0] == size else cv2.resize(
                 crop, (size, size), interpolation=cv2.INTER_AREA)
             groups.setdefault((id(generator), size), (generator, []))[1].append((j, i, small))
     for generator, members in groups.values():
         done = _run(generator, [m[2] for m in members], max_batch)
         for (j, i, _), d in zip(members, done):
-            s = works[j].faces.refined[i].shape[0]
-            crops[j][i] = d if d.shape[0] == s else cv2.resize(d, (s, s), interpolation=cv2.INTER_CUBIC)
+            f = works[j].faces
+            s = f.refined[i].shape[0]
+            d = d if d.shape[0] == s else cv2.resize(d, (s, s), interpolation=cv2.INTER_CUBIC)
+            crops[j][i] = apply_keep(d, f.refined[i], f.keep[i], f.skin_lab[i],
+                                     FaceHelper(works[j].params).params.skin_tone)
 
     backgrounds: list[np.ndarray | None] = [None] * len(works)
     buckets: dict[tuple, tuple[object, list[tuple[int, np.ndarray]]]] = {}

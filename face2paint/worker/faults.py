@@ -120,8 +120,8 @@ class _FirstWriteFault:
         self._hit = (point, item_id, names)
         self._written = False
 
-    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
-        self._storage.put_bytes(key, data, content_type)
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None, **kw) -> None:
+        self._storage.put_bytes(key, data, content_type, **kw)
         if not self._written:
             self._written = True
             hit(*self._hit)

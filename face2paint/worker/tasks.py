@@ -22,9 +22,9 @@ What a photo costs the job system (docs/BENCHMARKS.md, "Job-system cost"):
   (worker/batching.py: batching needs the stylize messages in the queue).
 - hand-off: the next stage is published by the task after its transaction commits (no Celery
   chain), with the small outputs (the detected faces) in its message.
-- artifacts: one object per stage (detect: the decoded image as raw .npy; parse: the image
-  and the prepared faces; stylize: the background, the stylized crops and what finalize needs
-  of the faces), so a stage reads one object and writes one.
+- artifacts: one object per stage (detect: the decoded image as raw .npy; parse: the prepared
+  faces; stylize: the background, the stylized crops and what finalize needs of the faces);
+  a stage in a task of its own reads at most two.
 """
 
 from __future__ import annotations
@@ -140,7 +140,10 @@ class StageContext:
         return self.storage.get_bytes(self.key(stage, name))
 
     def write(self, name: str, data: bytes) -> None:
-        self.storage.put_bytes(self.key(self.stage, name), data, OCTETS)
+        # Not fsynced: an artifact only has to outlive this process (the next stage or a
+        # redelivery reads it). A host crash that loses one makes its item's later stage fail
+        # to read it, retry and fail with the reason; the result itself is written durably.
+        self.storage.put_bytes(self.key(self.stage, name), data, OCTETS, durable=False)
 
     def artifact(self, stage: str):
         """The output of `stage` for this item: from memory when it ran in this task."""
@@ -651,7 +654,7 @@ def _parse(ctx: StageContext):
     rgb = ctx.artifact("detect")
     faces = [Face.from_dict(d) for d in (ctx.faces or [])]
     aligned = ctx.pipe.prepare(rgb, faces, ctx.params) if faces else []
-    work = {"image": rgb, **ctx.pipe.pack(aligned, ctx.params).arrays()}
+    work = ctx.pipe.pack(aligned, ctx.params).arrays()
     ctx.write(ARTIFACTS["parse"], artifacts.npz_bytes(**work))
     ctx.memo["parse"] = work
 
@@ -660,9 +663,13 @@ def stylize_inputs(ctx: StageContext):
     """(image, faces) the stylize stage works on."""
     from ..models.face import FaceBatch
 
+    # Two objects when stylize runs in a task of its own (a GPU worker), none when it follows
+    # parse in the same task: the image is not written twice (object storage charges by the
+    # byte written more than by the request).
+    rgb = ctx.artifact("detect")
     work = ctx.artifact("parse")
     faces = FaceBatch.from_arrays(work) if ctx.face2paint else ctx.pipe.pack([], ctx.params)
-    return work["image"], faces
+    return rgb, faces
 
 
 def stylize_outputs(ctx: StageContext, faces, crops, background, t_faces: float) -> dict:

@@ -39,7 +39,7 @@ START, END = "<!-- runtimes:start -->", "<!-- runtimes:end -->"
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else round(10 * np.log10(255.0 ** 2 / mse), 1)
+    return 99.0 if mse == 0 else round(float(10 * np.log10(255.0 ** 2 / mse)), 1)
 
 
 def crops(size: int) -> list[np.ndarray]:
@@ -156,7 +156,7 @@ def bench_model(label: str, engines, images, rounds: int, warmup: int) -> dict:
     row = {"model": label, "seconds": med, "ratio_to_ort": ratio, "psnr_vs_fp32": quality,
            "psnr_reference": ref_name, "runtime_used": {n: r for n, _, r in engines}, "best": best}
     if best:
-        row["target_met"] = ratio[best] >= TARGET_SPEEDUP and quality[best] >= TARGET_PSNR
+        row["target_met"] = bool(ratio[best] >= TARGET_SPEEDUP and quality[best] >= TARGET_PSNR)
     print(json.dumps(row), flush=True)
     return row
 

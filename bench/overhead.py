@@ -136,7 +136,18 @@ def main() -> None:
     ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     ap.add_argument("--presets", default="", help="comma-separated (default: every named preset present)")
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--from-json", type=Path, help="only rebuild the docs table from a report")
     args = ap.parse_args()
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        md = table(report["meta"], report["presets"])
+        skipped = report["meta"].get("skipped_no_weights")
+        if skipped:
+            md += f"\nNot measured (weights absent): {', '.join(skipped)}.\n"
+        print(md)
+        if not args.no_docs:
+            write_docs(md, args.docs)
+        return
 
     import os
     import subprocess
@@ -147,13 +158,14 @@ def main() -> None:
     cache = ModelCache()
     names = manifest()
     photos = sorted(n for n in names if (FACES / n).is_file())
-    wanted = {p for p in args.presets.split(",") if p}
+    wanted = [p for p in args.presets.split(",") if p]
     branch = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--abbrev-ref", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "branch": branch,
             "photos": len(photos), "cpus": len(os.sched_getaffinity(0))}
     results, skipped = [], []
-    for preset in NAMED:
+    order = sorted(NAMED, key=lambda p: wanted.index(p.id) if p.id in wanted else len(wanted))
+    for preset in order:
         if wanted and preset.id not in wanted:
             continue
         if not preset_status(preset, cache.registry).available:

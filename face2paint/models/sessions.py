@@ -375,6 +375,10 @@ class LiteRTSession(Session):
     runtime = "tflite"
     label = "LiteRT CPU"
 
+    @property
+    def runtime_used(self) -> str:
+        return "LiteRT CPU (the file's own types: int8, fp16 or fp32)"
+
     def __init__(self, source: str | Path | bytes, options: RuntimeOptions):
         super().__init__(options)
         self.path = None if isinstance(source, (bytes, bytearray)) else Path(source)

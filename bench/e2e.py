@@ -1,8 +1,10 @@
 """End-to-end throughput, per-item latency, job-system overhead and worker memory.
 
-`python bench/e2e.py [--images 12] [--modes embedded,services-1,services-2] [--out bench/results]`
+`python bench/e2e.py [--images 12] [--modes embedded,embedded-2,services-1,services-2] [--out bench/results]
+[--name e2e]`
 
-- embedded: SQLite, local storage, embedded Redis, one worker (what `face2paint run` starts);
+- embedded[-N]: SQLite, local storage, embedded Redis, one worker (what `face2paint run` starts)
+  or N worker processes;
 - services-N: real PostgreSQL, Redis and an S3 server (from the environment or started from
   pip packages, as the tests do) with N worker processes.
 
@@ -30,19 +32,35 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def pipeline_compute_s(image_path: Path, repeat: int = 5) -> float:
+def pipeline_compute_s(image_path: Path, repeat: int = 5, style: str | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of all threads) of the pipeline in-process, medians."""
     from face2paint.models.image_io import load_image
     from face2paint.models.pipeline import Face2Paint
 
-    pipe = Face2Paint()
+    pipe = Face2Paint(style=style)
     image = load_image(image_path)
     pipe.run(image)  # warm: interpreters built, caches filled, as in a long-lived worker
-    times = []
+    times, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         pipe.run(image)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(times), statistics.median(cpu)
+
+
+def cpu_seconds(pids) -> float:
+    """CPU time (user + system, all threads) of these processes and their children so far."""
+    total = 0.0
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            for q in [p, *p.children(recursive=True)]:
+                t = q.cpu_times()
+                total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
 
 class MemorySampler:
@@ -95,7 +113,7 @@ def item_rows(db_url: str, job_ids: list[str]) -> list[dict]:
     return rows
 
 
-def run_mode(stack, image: Path, n_batch: int, n_sequential: int) -> dict:
+def run_mode(stack, image: Path, n_batch: int, n_sequential: int, options: dict) -> dict:
     from face2paint.cli.client import Client
     from face2paint.jobs.states import ItemState
 
@@ -104,14 +122,21 @@ def run_mode(stack, image: Path, n_batch: int, n_sequential: int) -> dict:
     with MemorySampler(workers) as mem:
         # Warm-up: each worker loads its models once.
         for _ in range(len(workers)):
-            client.wait(client.submit([image], {})["id"], interval_s=0.1)
+            client.wait(client.submit([image], options)["id"], interval_s=0.1)
         seq_jobs = []
+        # CPU time of the workers (their pool processes included) and of the API per
+        # single-photo job: less sensitive than latency to other work on a shared machine.
+        # The API's is mostly this client's polling (every 50 ms), so it grows with latency.
+        api = [stack.procs["api"].pid]
+        cpu0 = (cpu_seconds(workers.values()), cpu_seconds(api))
         for _ in range(n_sequential):
-            job = client.submit([image], {})
+            job = client.submit([image], options)
             client.wait(job["id"], interval_s=0.05)
             seq_jobs.append(job["id"])
+        n = max(1, n_sequential)
+        cpu_per_job = ((cpu_seconds(workers.values()) - cpu0[0]) / n, (cpu_seconds(api) - cpu0[1]) / n)
         t0 = time.perf_counter()
-        job = client.submit([image] * n_batch, {})
+        job = client.submit([image] * n_batch, options)
         client.wait(job["id"], interval_s=0.1)
         wall = time.perf_counter() - t0
     client.close()
@@ -128,6 +153,8 @@ def run_mode(stack, image: Path, n_batch: int, n_sequential: int) -> dict:
         "batch_latency_max_s": round(max(r["latency_s"] for r in batch), 3),
         "single_latency_median_s": round(statistics.median(r["latency_s"] for r in seq), 3),
         "single_in_stages_median_s": round(statistics.median(r["in_stages_s"] for r in seq), 3),
+        "single_worker_cpu_s": round(cpu_per_job[0], 3),
+        "single_api_cpu_s": round(cpu_per_job[1], 3),
         "peak_rss_mb": {k: round(v / 2**20) for k, v in mem.peak.items()},
     }
 
@@ -157,6 +184,10 @@ def main() -> None:
     ap.add_argument("--sequential", type=int, default=5, help="single-image jobs for overhead")
     ap.add_argument("--modes", default="embedded,services-1,services-2")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    ap.add_argument("--name", default="e2e", help="results file name (without .json)")
+    ap.add_argument("--style", default=None,
+                    help="a style id instead of the default preset; the weight-free "
+                         "classical-cartoon makes the job system's own cost stand out of the noise")
     args = ap.parse_args()
     if not os.environ.get("FACE2PAINT_MODEL_DIR"):
         raise SystemExit("set FACE2PAINT_MODEL_DIR to a directory of weights (e.g. ../shared/models)")
@@ -167,25 +198,33 @@ def main() -> None:
     from PIL import Image
 
     Image.fromarray(data.astronaut()).save(image)
-    compute = pipeline_compute_s(image)
-    print(f"pipeline compute in-process (512², warm): {compute:.3f}s", flush=True)
-    results = {"pipeline_compute_s": round(compute, 3), "modes": {}}
+    compute, compute_cpu = pipeline_compute_s(image, style=args.style)
+    options = {"style": args.style} if args.style else {}
+    print(f"pipeline compute in-process (512², warm): {compute:.3f}s, CPU {compute_cpu:.3f}s", flush=True)
+    results = {"style": args.style or "default", "pipeline_compute_s": round(compute, 3), "pipeline_cpu_s": round(compute_cpu, 3),
+               "load_average": [round(x, 2) for x in os.getloadavg()], "modes": {}}
     for mode in args.modes.split(","):
         home = tmp / mode
-        if mode == "embedded":
+        if mode.startswith("embedded"):
             from face2paint.cli.stack import EmbeddedStack
 
-            ctx = EmbeddedStack(home)
+            ctx = EmbeddedStack(home, workers=int(mode.split("-")[1]) if "-" in mode else 1)
         else:
             ctx = services_stack(int(mode.split("-")[1]), home)
         with ctx as stack:
-            r = run_mode(stack, image, args.images, args.sequential)
+            r = run_mode(stack, image, args.images, args.sequential, options)
         r["overhead_ratio"] = round((r["single_latency_median_s"] - compute) / compute, 3)
+        r["overhead_s"] = round(r["single_latency_median_s"] - compute, 3)
+        # The job system's CPU per photo in the workers: their CPU per single-photo job minus
+        # the pipeline's own (the same work in-process).
+        r["overhead_worker_cpu_s"] = round(r["single_worker_cpu_s"] - compute_cpu, 3)
+        r["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         results["modes"][mode] = r
         print(mode, json.dumps(r), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "e2e.json").write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out / 'e2e.json'}")
+    out = args.out / f"{args.name}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

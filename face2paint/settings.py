@@ -67,6 +67,23 @@ class Settings(BaseSettings):
     # committed item may stay unpublished before it is sent.
     sweep_interval_s: PositiveFloat = 10.0
     sweep_unpublished_after_s: PositiveFloat = 30.0
+    # Privacy: the sweeper deletes a finished job's photos, artifacts and results this many
+    # days after it finished (its results then answer 410); 0 deletes them at the next sweep.
+    retention_days: float = Field(default=7.0, ge=0)
+
+    # Webhooks (jobs' webhook_url). A URL whose host resolves to a private, loopback,
+    # link-local, multicast or unspecified address is refused (at submit and again at each
+    # delivery) unless allow_private; tests and single-machine setups turn it on. Deliveries
+    # are retried with exponential backoff and full jitter (base, doubling, capped) until
+    # give_up_after_s after their first attempt; each attempt waits timeout_s at most.
+    webhook_allow_private: bool = False
+    webhook_timeout_s: PositiveFloat = 10.0
+    webhook_backoff_base_s: PositiveFloat = 10.0
+    webhook_backoff_cap_s: PositiveFloat = 3600.0
+    webhook_give_up_after_s: PositiveFloat = 24 * 3600.0
+    # The sweeper publishes again a delivery due this long ago that no worker took (its
+    # message lost with a broker restart, or never published after a crash).
+    webhook_lost_after_s: PositiveFloat = 120.0
 
     # Worker observability. The parent of a worker's prefork pool serves the Prometheus metrics
     # of all its pool processes on this port (unset: no endpoint; docker compose and the
@@ -93,6 +110,19 @@ class Settings(BaseSettings):
     # Worker processes per host (the pool of `face2paint worker`); unset = the cores this process
     # may use divided by the threads of one process (one process per GPU: see docs/SCALING.md).
     worker_processes: PositiveInt | None = None
+
+    # The job system's own cost per photo (worker/tasks.py). A worker that consumes the next
+    # stage's queue too runs it in the same task (one hand-off and one read of the artifacts
+    # less); off: every stage goes through the broker. Small stage outputs (the detected faces)
+    # travel in the next stage's message up to this many bytes of JSON, else the next stage
+    # reads them from the database.
+    merge_stages: bool = True
+    message_artifact_max_bytes: int = Field(default=64 * 1024, ge=0)
+    # GPU batching (worker/batching.py): a stylize task also takes up to batch_max - 1 more
+    # stylize tasks waiting in its queue, gathered for at most batch_wait_ms, and runs their
+    # generator passes together. Unset: 1 (no batching) on CPU, 16 on CUDA.
+    stylize_batch_max: PositiveInt | None = None
+    stylize_batch_wait_ms: float = Field(default=20.0, ge=0)
 
     # Derived settings: what each unset service URL means in embedded mode. Every layer reads
     # these instead of working the defaults out itself.
@@ -132,6 +162,12 @@ class Settings(BaseSettings):
         if self.model_device.startswith("cuda"):
             return 1
         return max(1, cores_available() // self.resolved_model_threads)
+
+    @property
+    def resolved_stylize_batch_max(self) -> int:
+        if self.stylize_batch_max is not None:
+            return self.stylize_batch_max
+        return 16 if self.model_device.startswith("cuda") else 1
 
 
 @lru_cache(maxsize=1)

@@ -19,9 +19,22 @@ def model_dir() -> Path:
     return Path(d)
 
 
+def model_file(name: str) -> Path:
+    """A weights file of the model directory; skips, naming the file, when it is absent."""
+    path = model_dir() / name
+    if not path.is_file():
+        pytest.skip(f"needs {name} in FACE2PAINT_MODEL_DIR={path.parent}")
+    return path
+
+
+def faces_path() -> Path:
+    """Where the test photos are configured to be, whether or not they are there."""
+    return Path(os.environ.get("FACE2PAINT_FACES_DIR") or ROOT.parent / "shared" / "faces")
+
+
 def faces_dir() -> Path:
-    d = Path(os.environ.get("FACE2PAINT_FACES_DIR") or ROOT.parent / "shared" / "faces")
-    if not d.is_dir():
+    d = faces_path()
+    if not (d / "manifest.csv").is_file():
         pytest.skip(f"needs the test photos in {d} (set FACE2PAINT_FACES_DIR)")
     return d
 

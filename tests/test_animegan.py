@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests import helpers
 from face2paint.models.generators.animegan import (
     AnimeGANStylizer,
     Generator,
@@ -202,12 +203,7 @@ PUBLISHED = ["face_paint_512_v2.pt", "face_paint_512_v1.pt", "celeba_distill.pt"
 
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_published_checkpoint_loads(name: str):
-    model_dir = os.environ.get("FACE2PAINT_MODEL_DIR")
-    if not model_dir:
-        pytest.skip("FACE2PAINT_MODEL_DIR is not set (needs the bryandlee checkpoints)")
-    path = Path(model_dir) / name
-    if not path.is_file():
-        pytest.skip(f"{name} not in FACE2PAINT_MODEL_DIR={model_dir}")
+    path = helpers.model_file(name)
     g = load_generator(path)
     sd = torch.load(path, map_location="cpu", weights_only=True)
     Generator().load_state_dict(sd, strict=True)

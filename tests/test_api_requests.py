@@ -125,7 +125,7 @@ def test_one_request_opens_one_database_session(api):
 
 def test_unknown_option_keys_are_refused(api):
     for options, fragment in [
-        ({"colour": "blue"}, "unknown option(s) ['colour']; allowed: face2paint, "),
+        ({"colour": "blue"}, "unknown option(s) ['colour']; allowed: background_style, face2paint, "),
         ({"style": "classical-cartoon", "params": {"evil": 1}}, "unknown params key(s) ['evil']"),
         ({"params": {"face_min_size": 0}}, "params.face_min_size=0 is out of range"),
         ({"params": {"parsing_smooth": 1}}, "params.parsing_smooth must be a bool"),

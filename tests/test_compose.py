@@ -29,7 +29,7 @@ def test_docker_compose_config_passes():
     assert {"postgres", "redis", "minio", "create-bucket", "migrate", "api", "worker-cpu", "worker-gpu"} <= set(services)
     assert services["worker-gpu"]["runtime"] == "nvidia"
     assert "stylize" in services["worker-gpu"]["command"]
-    assert "detect,parse,finalize" in services["worker-cpu"]["command"]
+    assert "detect,parse,finalize,webhooks" in services["worker-cpu"]["command"]
     assert services["migrate"]["command"] == ["face2paint", "migrate"]
     for name in ("api", "worker-cpu", "worker-gpu"):
         env = services[name]["environment"]

@@ -16,30 +16,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests import helpers
 from face2paint.models.generators.animegan import AnimeGANStylizer, Generator, load_generator
 from face2paint.models.sessions import open_session
 
 HAYAO = "animeganv2_hayao_int8.tflite"
 # photo -> minimum PSNR (dB) at 256², about 1 dB under the measured value
 THRESHOLDS = {"sk_astronaut.png": 23.0, "fp_celebahq_116.png": 30.0}
-
-
-def _model_path() -> Path:
-    model_dir = os.environ.get("FACE2PAINT_MODEL_DIR")
-    if not model_dir:
-        pytest.skip("FACE2PAINT_MODEL_DIR is not set (needs animeganv2_hayao_int8.tflite)")
-    path = Path(model_dir) / HAYAO
-    if not path.is_file():
-        pytest.skip(f"{HAYAO} not in FACE2PAINT_MODEL_DIR={model_dir}")
-    return path
-
-
-def _faces_dir() -> Path:
-    d = Path(os.environ.get("FACE2PAINT_FACES_DIR",
-                            Path(__file__).resolve().parents[2] / "shared" / "faces"))
-    if not d.is_dir():
-        pytest.skip(f"face photos not found at {d} (set FACE2PAINT_FACES_DIR)")
-    return d
 
 
 def _square(path: Path, size: int) -> np.ndarray:
@@ -61,7 +44,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def converted():
     from face2paint.tools.convert_hayao import convert
 
-    path = _model_path()
+    path = helpers.model_file(HAYAO)
     return path, convert(path)
 
 
@@ -86,7 +69,7 @@ def test_converted_matches_tflite_on_real_photos(converted):
     from face2paint.models.generators.tflite import TFLiteGenerator
 
     path, sd = converted
-    faces = _faces_dir()
+    faces = helpers.faces_dir()
     tfl = TFLiteGenerator(open_session("tflite", path), "hayao-int8", color="RGB")
     torch_tf = AnimeGANStylizer(open_session("torch", load_generator(sd, upsample="tf")), "hayao")
     torch_ac = AnimeGANStylizer(open_session("torch", load_generator(sd)), "hayao-align-corners")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import helpers
 from face2paint.models.detect import RetinaFaceDetector, YuNetDetector, _priors, box_iou, nms
 from face2paint.models.image_io import load_image
 from face2paint.models.sessions import open_session
@@ -22,13 +23,8 @@ from face2paint.models.types import Face
 CONFIDENT = 0.9  # Params.alignment_threshold
 
 
-def _faces_dir() -> Path:
-    env = os.environ.get("FACE2PAINT_FACES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "faces"
-
-
 def _manifest() -> list[dict]:
-    path = _faces_dir() / "manifest.csv"
+    path = helpers.faces_path() / "manifest.csv"
     if not path.is_file():
         return []
     with path.open(newline="") as f:
@@ -43,38 +39,25 @@ SINGLE_FRONTAL = [
 ]
 
 
-def _model_path(name: str) -> Path:
-    d = os.environ.get("FACE2PAINT_MODEL_DIR")
-    if not d:
-        pytest.skip("FACE2PAINT_MODEL_DIR is not set (point it at the shared model directory)")
-    path = Path(d) / name
-    if not path.is_file():
-        pytest.skip(f"{name} not found in FACE2PAINT_MODEL_DIR={d}")
-    return path
-
-
 @pytest.fixture(scope="module")
 def faces_dir() -> Path:
-    d = _faces_dir()
-    if not (d / "manifest.csv").is_file():
-        pytest.skip(f"shared photo set not found at {d} (set FACE2PAINT_FACES_DIR)")
-    return d
+    return helpers.faces_dir()
 
 
 @lru_cache(maxsize=None)
 def _photo(name: str) -> np.ndarray:
-    return load_image(_faces_dir() / name).rgb
+    return load_image(helpers.faces_path() / name).rgb
 
 
 @pytest.fixture(scope="module")
 def retina() -> RetinaFaceDetector:
-    path = _model_path("retinaface_mobilenet0.25.onnx")
+    path = helpers.model_file("retinaface_mobilenet0.25.onnx")
     return RetinaFaceDetector(open_session("onnxruntime", path), "retinaface_mobilenet0.25")
 
 
 @pytest.fixture(scope="module")
 def yunet() -> YuNetDetector:
-    return YuNetDetector(open_session("opencv", _model_path("yunet_s_640_640.onnx")), "yunet_s_640_640")
+    return YuNetDetector(open_session("opencv", helpers.model_file("yunet_s_640_640.onnx")), "yunet_s_640_640")
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def test_face2paint_run_embedded(tmp_path):
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log  # one input is broken: reported, and the exit says so
-    assert "stylize: animeganv2-hayao-int8 (best available)" in log
+    assert "style: anime" in log and "stylize: animeganv3-jp-face (best available)" in log
     assert "broken.jpg" in log and "failed" in log
     assert Image.open(out / "astronaut.png").size == (512, 512)
     assert Image.open(out / "hopper.png").size == (128, 128)

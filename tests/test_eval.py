@@ -100,7 +100,8 @@ def test_eval_command_smoke(tmp_path):
         (images / name).symlink_to(src / name)
     out = tmp_path / "report"
     result = CliRunner().invoke(
-        app, ["eval", str(images), "--manifest", str(src / "manifest.csv"), "--out", str(out)]
+        app, ["eval", str(images), "--manifest", str(src / "manifest.csv"), "--out", str(out),
+              "--style", "cartoon"]
     )
     assert result.exit_code == 0, result.output
 
@@ -122,18 +123,26 @@ def test_eval_command_smoke(tmp_path):
     assert by_file["sk_astronaut.png"]["n_reference"] == 1
     assert by_file["sk_coffee.png"]["n_reference"] == 0
     overall = report["summary"]["overall"]
+    # Three modes per face: the face model on the whole photo, the plain paste, the recipe.
+    assert report["style"] == "cartoon" and set(report["modes"]) == set(ev.MODES) == {"without", "plain", "with"}
+    assert all(m in r["time_s"] for r in by_file.values() for m in ev.MODES)
+    sizes = report["summary"]["per_size"]
+    assert list(sizes) == [name for name, _, _ in ev.SIZES]
+    assert sum(g["faces"] for g in sizes.values()) == overall["faces"]
+    assert {"distortion_ratio", "plain_ratio"} <= set(overall)
     assert overall["images"] == 3
     assert overall["faces"] == sum(r["n_reference"] for r in by_file.values())
     assert {"single_frontal", "glasses", "multiple_faces", "no_face"} <= set(report["summary"]["per_case"])
 
     assert overall["with"]["mean_identity"] is not None and overall["with"]["median_skin_de"] is not None
     astro = by_file["sk_astronaut.png"]["faces"][0]
-    # The default stylizer keeps the astronaut recognisable with the recipe.
+    # The cartoon preset keeps the astronaut recognisable with the recipe.
     assert astro["with"]["same_person"]
 
     summary = (out / "summary.md").read_text()
-    assert "## Per case" in summary and "skin tone CIEDE2000" in summary
-    assert "| glasses |" in summary and "| no_face |" in summary
+    assert "## Per case" in summary and "skin tone CIEDE2000" in summary and "## Per face size" in summary
+    assert "align + stylize + paste" in summary
+    assert "| glasses |" in summary
 
     with Image.open(out / "contact_sheet.jpg") as sheet:
         assert sheet.height == 3 * 256 + 4 * ev.GAP

@@ -136,7 +136,7 @@ def test_events_follow_a_job_to_its_end_without_holding_a_connection(server):
     reader.join(5)
     assert not reader.is_alive(), "the stream did not close after the end event"
     assert end is not None and end["status"] == "partially_succeeded"
-    assert end["progress"] == {"done": 2, "total": 2} and end["succeeded"] == 1 and end["failed"] == 1
+    assert end["progress"] == {"done": 1, "failed": 1, "canceled": 0, "pending": 0, "total": 2} and end["succeeded"] == 1 and end["failed"] == 1
     # Forward only, every stage visible (one per poll), each change sent once.
     assert seen[items[0]["id"]] == ITEM_FLOW[1:], seen
     assert seen[items[1]["id"]] == ["failed"]

@@ -34,6 +34,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from face2paint.client import ConnectionFailed
 from face2paint.cli.client import Client
 from face2paint.cli.stack import ProcessStack
 from face2paint.jobs.db import Item, Job, StageAttempt, make_engine, session_factory
@@ -56,6 +57,10 @@ FAULT_RULES = ",".join(
 )
 JOB_TIMEOUT_S = 120
 SUMMARY: list[Figures] = []
+# GPU batching on (worker/batching.py): the stylize workers gather waiting photos. The wait is
+# long, so the photos of a test meet in one batch. tests/test_faults_batched.py runs the key
+# faults of this module on a stack with these settings.
+BATCHING = {"FACE2PAINT_STYLIZE_BATCH_MAX": "4", "FACE2PAINT_STYLIZE_BATCH_WAIT_MS": "1000"}
 
 
 # --- the stack ------------------------------------------------------------------------------
@@ -63,6 +68,10 @@ SUMMARY: list[Figures] = []
 
 @pytest.fixture(scope="module")
 def stack(pg_server, redis_server, s3_server, tmp_path_factory):
+    yield from fault_stack(pg_server, redis_server, s3_server, tmp_path_factory, {})
+
+
+def fault_stack(pg_server, redis_server, s3_server, tmp_path_factory, extra_env: dict):
     for server in (pg_server, redis_server, s3_server):
         if not server.managed:
             pytest.skip(f"fault tests stop and start the {server.name} server; unset "
@@ -83,6 +92,7 @@ def stack(pg_server, redis_server, s3_server, tmp_path_factory):
         "FACE2PAINT_SWEEP_UNPUBLISHED_AFTER_S": "2",
         "FACE2PAINT_FAULTS": FAULT_RULES,
         "FACE2PAINT_FAULTS_DIR": str(faults_dir),
+        **extra_env,
     }
     st = ProcessStack(env, home, workers=2)
     st.faults_dir = faults_dir
@@ -683,7 +693,7 @@ def test_api_crash_between_commit_and_publish(stack, client, db, storage, tmp_pa
     the sweeper publishes the never-published items."""
     names = ["crash-after-commit.png", "sibling-1.png"]
     files = photos(tmp_path, names)
-    with pytest.raises((httpx.HTTPError, OSError)):
+    with pytest.raises((httpx.HTTPError, OSError, ConnectionFailed)):
         client.submit(files, STYLE, idempotency_key="faults-crash-1")
     api = stack.procs["api"]
     assert api.wait(30) == 70, "the API should have exited at the injected crash"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import helpers
 from face2paint.models.image_io import (
     ImageError,
     LoadedImage,
@@ -21,11 +22,6 @@ from face2paint.models.image_io import (
     resize_to,
     save_image,
 )
-
-
-def _faces_dir() -> Path:
-    env = os.environ.get("FACE2PAINT_FACES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "faces"
 
 
 def _save(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -383,10 +379,7 @@ def test_save_image_format_from_suffix(tmp_path):
 
 @pytest.fixture(scope="module")
 def faces_dir() -> Path:
-    d = _faces_dir()
-    if not (d / "manifest.csv").is_file():
-        pytest.skip(f"shared photo set not found at {d} (set FACE2PAINT_FACES_DIR)")
-    return d
+    return helpers.faces_dir()
 
 
 def test_real_grayscale_jpeg(faces_dir):

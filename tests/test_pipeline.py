@@ -28,8 +28,9 @@ def fast_pipe(cache):
 
 @pytest.fixture(scope="module")
 def anime_pipe(cache):
-    pipe = Face2Paint(cache)
-    assert pipe.describe()["stylize"] == "animeganv2-hayao-int8 (best available)"
+    pipe = Face2Paint(cache)  # the default style: anime (JP_face faces, v3 Hayao background)
+    assert pipe.style == "anime"
+    assert pipe.describe()["stylize"] == "animeganv3-jp-face (best available)"
     return pipe
 
 
@@ -46,7 +47,8 @@ def test_astronaut_full_recipe_on_animegan(anime_pipe):
     assert np.abs(face_in - face_out).mean() > 5
     assert np.abs(image.rgb[:50, :50].astype(int) - result.output[:50, :50]).mean() > 5
     report = result.report()
-    assert report["models"]["stylize"] == "animeganv2-hayao-int8"
+    assert report["models"]["stylize"] == "animeganv3-jp-face"
+    assert report["models"]["stylize_background"] == "animeganv3-hayao"
     assert report["faces"][0]["processed"] and len(report["faces"][0]["landmarks"]) == 5
     assert {"detect", "parse", "refine", "stylize_faces", "stylize_background"} <= set(report["timings_s"])
 

@@ -241,7 +241,9 @@ def test_every_route_checks_ownership(stack, new_key, finished_job):
         ("GET", "/v1/jobs/{job_id}/items/{item_id}/input"),
         ("GET", "/v1/jobs/{job_id}/events"),
         ("GET", "/v1/jobs/{job_id}/results.zip"),
+        ("GET", "/v1/jobs/{job_id}/webhooks"),
         ("POST", "/v1/jobs/{job_id}/cancel"),
+        ("DELETE", "/v1/jobs/{job_id}"),
     }
     # Every route of the API with an id in its path is covered here.
     spec = httpx.get(f"{stack.api_url}/openapi.json").json()
@@ -268,8 +270,10 @@ def test_every_route_checks_ownership(stack, new_key, finished_job):
     ]
     checked = 0
     for method, template in sorted(routes):
-        # The owner reaches the job (cancel of a finished job changes nothing).
-        assert call(alice, method, template, job["id"], item["id"]).status_code in (200, 307), template
+        # The owner reaches the job (cancel of a finished job changes nothing); the owner's
+        # delete comes last, below.
+        if method != "DELETE":
+            assert call(alice, method, template, job["id"], item["id"]).status_code in (200, 307), template
         cases = item_cases if "{item_id}" in template else [(w, h, j, item["id"]) for w, h, j in job_cases]
         for who, http, job_id, item_id in cases:
             r = call(http, method, template, job_id, item_id)
@@ -284,6 +288,7 @@ def test_every_route_checks_ownership(stack, new_key, finished_job):
     assert [j["id"] for j in mallory.get("/v1/jobs").json()["jobs"]] == [m_job["id"]]
     assert alice.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded"
     assert httpx.get(f"{stack.api_url}/v1/jobs/{job['id']}").status_code == 401
+    assert httpx.delete(f"{stack.api_url}/v1/jobs/{job['id']}").status_code == 401
     mallory.close()
     alice.close()
 

@@ -62,7 +62,7 @@ def test_twenty_photos_complete_with_every_transition_visible(stack, client, db,
     files = [astronaut_path(), *_photos(tmp_path, TWENTY)]
     assert len(files) == 20
     job = client.submit(files, {})
-    assert job["status"] == "queued" and job["progress"] == {"done": 0, "total": 20}
+    assert job["status"] == "queued" and job["progress"] == {"done": 0, "failed": 0, "canceled": 0, "pending": 20, "total": 20}
     job_states, item_states = [job["status"]], {}
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -179,7 +179,8 @@ def test_cancel_stops_pending_items(client, tmp_path):
     assert len(canceled) >= 6
     for i in canceled:
         assert i["result_url"] is None
-        assert client.http.get(f"/v1/jobs/{job['id']}/items/{i['id']}/result").status_code == 409
+        r = client.http.get(f"/v1/jobs/{job['id']}/items/{i['id']}/result")
+        assert r.status_code == 410 and "canceled" in r.json()["detail"], r.text
 
 
 def test_list_jobs_paginates_with_a_cursor(client):

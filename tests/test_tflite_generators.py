@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import helpers
 from face2paint.models.generators.tflite import OnnxGenerator, TFLiteGenerator
 from face2paint.models.sessions import open_session
 
@@ -20,13 +21,7 @@ MODELS = {
 
 
 def _model(name: str) -> Path:
-    model_dir = os.environ.get("FACE2PAINT_MODEL_DIR")
-    if not model_dir:
-        pytest.skip(f"FACE2PAINT_MODEL_DIR is not set (needs {name})")
-    path = Path(model_dir) / name
-    if not path.is_file():
-        pytest.skip(f"{name} not in FACE2PAINT_MODEL_DIR={model_dir}")
-    return path
+    return helpers.model_file(name)
 
 
 def _tflite(name: str, model_id: str, **kw) -> TFLiteGenerator:

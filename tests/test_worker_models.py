@@ -67,7 +67,7 @@ def test_split_workers_load_their_own_models_once_and_match_in_process(stack):
     # One pool process each; each model once for all three parameter sets; no stylizer on CPU.
     assert len(cpu_pids) == 1 and len(gpu_pids) == 1
     assert cpu == {"retinaface-mnet025": 1, "bisenetv2-celebamaskhq-448-int8": 1}
-    assert gpu == {"animeganv2-hayao-int8": 1}
+    assert gpu == {"animeganv3-jp-face": 1, "animeganv3-hayao": 1}  # the default style, anime
 
     pipe = Face2Paint(ModelCache(Registry(Settings(model_dir=model_dir()))))
     image = load_image(astronaut_path())

@@ -35,7 +35,8 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from ..worker.app import make_celery
+        from ..worker.app import make_celery, publish_outbox_after_commit
+        from ..worker.capabilities import Catalog
 
         logs.install()  # the server has set up its logging by now
         state = app.state
@@ -45,7 +46,9 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
         state.storage = storage_from_settings(settings)
         state.limiter = RateLimiter.from_settings(settings)
         state.celery = make_celery(settings)
+        publish_outbox_after_commit(state.sessions, state.celery)  # webhook deliveries
         state.enqueuer = Enqueuer.for_celery(state.celery)
+        state.catalog = Catalog.from_settings(settings)  # which models the workers hold
         task = asyncio.create_task(sweep_forever(app)) if sweeper else None
         try:
             yield
@@ -53,6 +56,7 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
             if task:
                 task.cancel()
             state.limiter.close()
+            state.catalog.close()
             state.engine.dispose()
 
     app = FastAPI(

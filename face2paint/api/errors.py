@@ -22,7 +22,8 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..jobs.errors import IdempotencyConflict, InvalidCursor, JobRejected, NoResultYet, NotFound
+from ..jobs.errors import (IdempotencyConflict, InvalidCursor, JobExpired, JobRejected, NoResultYet,
+                           NotFound, ResultGone)
 from ..jobs.storage import StorageUnavailable
 from .logs import escape
 
@@ -34,6 +35,8 @@ STATUS = {
     NotFound: 404,
     IdempotencyConflict: 409,
     NoResultYet: 409,
+    ResultGone: 410,
+    JobExpired: 410,
 }
 DATABASE_DOWN = "the database is unavailable; retry later (the server log has the details)"
 STORAGE_DOWN = "the object storage is unavailable; retry later (the server log has the details)"
@@ -121,6 +124,7 @@ ANSWERS = {
     401: "No API key, or an unknown or revoked one.",
     404: "No such job or item for this API key.",
     409: "A conflict: the idempotency key was used for another request, or no result yet.",
+    410: "Gone: the item failed or was canceled (the reason is given), or the job expired.",
     413: "The request body or a file is larger than the limits.",
     415: "No file in the request is an image of a supported format.",
     422: "A parameter, header or form field is not valid.",

@@ -1,6 +1,8 @@
 """The options of a new job, as pydantic models that refuse unknown keys.
 
-`options` is a JSON object {"style", "face2paint", "params", "output_format", "output_quality"};
+`options` is a JSON object {"style", "face_style", "background_style", "face2paint", "params",
+"output_format", "output_quality", "webhook_url", "webhook_events"} (styles are presets of
+models/presets.py);
 the `style` and `face2paint` form fields, when sent, override it. ParamsOptions mirrors
 models/types.Params, field for field with the same defaults (a test keeps them in step), and
 adds the ranges a request may ask for.
@@ -15,9 +17,10 @@ from typing import Annotated, Any, Optional
 from fastapi import Depends, Form, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from ..jobs.states import Stage
+from ..jobs.webhooks import EVENTS as WEBHOOK_EVENTS
 from ..models.image_io import DEFAULT_OUTPUT_QUALITY, OUTPUT_FORMATS
-from ..models.registry import BY_ID
+from ..models.presets import BY_NAME, ModelUnavailable, UnknownStyle, check_style
+from ..models.registry import Registry
 from ..models.types import Params
 
 _FORMAT_ALIASES = {"jpg": "jpeg"}
@@ -42,22 +45,79 @@ class ParamsOptions(BaseModel):
     face_size: int = _range("face_size", 64, 1024)
     face_min_size: int = _range("face_min_size", 16, 1024)
     background_max_side: int = _range("background_max_side", 64, 8192)
+    skin_tone: bool = _DEFAULT.skin_tone
 
 
 def stylize_styles() -> list[str]:
-    return sorted(m.id for m in BY_ID.values() if m.stage == Stage.STYLIZE)
+    """The style names a request may use here (presets, named ones first)."""
+    from ..models.presets import available_presets
+
+    reg = _registry()
+    return [p.id for p in available_presets(reg)] if reg is not None else list(BY_NAME)
+
+
+_REGISTRY: list = []
+
+
+def _registry() -> Registry | None:
+    """The API's view of the model files, to refuse a style whose weights are not here. None
+    when this process has no model directory of its own (an API container without the weights
+    volume): then only the name is checked, and the workers' capacity check covers the rest."""
+    if not _REGISTRY:
+        reg = Registry()
+        _REGISTRY.append(reg if reg.model_dir is not None and reg.model_dir.is_dir() else None)
+    return _REGISTRY[0]
+
+
+def _check_style(name: str, what: str) -> str:
+    reg = _registry()
+    try:
+        if reg is None:
+            if name not in BY_NAME:
+                raise UnknownStyle(f"unknown {what} {name!r}; choose one of: {', '.join(BY_NAME)}")
+        else:
+            check_style(name, reg, what)
+    except (UnknownStyle, ModelUnavailable) as e:
+        raise ValueError(str(e)) from None
+    return name
 
 
 class JobOptions(BaseModel):
     model_config = _STRICT
 
-    style: Optional[str] = None
+    style: Optional[str] = Field(default=None, description="a style preset (GET /v1/styles); default: anime where its weights are present")
+    face_style: Optional[str] = Field(default=None, description="a preset whose face model paints the faces instead of the style's")
+    background_style: Optional[str] = Field(default=None, description="a preset whose background model paints the rest instead of the style's")
     face2paint: bool = True
     params: ParamsOptions = Field(default_factory=ParamsOptions)
     # The result's encoding: png (lossless, the default), jpeg or webp with a quality 1-100.
     output_format: str = Field(default="png", json_schema_extra={"enum": list(OUTPUT_FORMATS)})
     output_quality: Optional[int] = Field(default=None, ge=1, le=100, json_schema_extra={
         "description": f"jpeg and webp only; default {DEFAULT_OUTPUT_QUALITY}"})
+
+    # Where to POST this job's events (Standard Webhooks signatures); which events (default all).
+    webhook_url: Optional[str] = Field(default=None, min_length=1, max_length=2048)
+    webhook_events: Optional[list[str]] = Field(default=None, min_length=1, json_schema_extra={
+        "items": {"enum": list(WEBHOOK_EVENTS)}, "description": "default: every event"})
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if url is not None:
+            parts = urlsplit(url.strip())
+            if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+                raise ValueError("not an http(s) URL")
+            url = url.strip()
+        return url
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _known_events(cls, events: list[str] | None) -> list[str] | None:
+        if events is not None and (set(events) - set(WEBHOOK_EVENTS)):
+            raise ValueError("unknown event")
+        return None if events is None else sorted(set(events), key=WEBHOOK_EVENTS.index)
 
     @field_validator("output_format", mode="before")
     @classmethod
@@ -81,12 +141,10 @@ class JobOptions(BaseModel):
     def _null_is_default(cls, params: Any) -> Any:
         return {} if params is None else params
 
-    @field_validator("style")
+    @field_validator("style", "face_style", "background_style")
     @classmethod
-    def _known_style(cls, style: str | None) -> str | None:
-        if style is not None and (BY_ID.get(style) is None or BY_ID[style].stage != Stage.STYLIZE):
-            raise ValueError("unknown style")
-        return style
+    def _known_style(cls, style: str | None, info: ValidationInfo) -> str | None:
+        return None if style is None else _check_style(style, info.field_name.replace("_", " "))
 
     def stored(self) -> dict:
         """What the job keeps (and the workers read): the params the request set, so the
@@ -94,8 +152,14 @@ class JobOptions(BaseModel):
         stored = {"style": self.style, "face2paint": self.face2paint,
                   "params": self.params.model_dump(exclude_unset=True),
                   "output_format": self.output_format}
+        for side in ("face_style", "background_style"):  # kept only when asked for
+            if getattr(self, side) is not None:
+                stored[side] = getattr(self, side)
         if OUTPUT_FORMATS[self.output_format].lossy:
             stored["output_quality"] = self.output_quality or DEFAULT_OUTPUT_QUALITY
+        if self.webhook_url:
+            stored["webhook_url"] = self.webhook_url
+            stored["webhook_events"] = list(self.webhook_events or WEBHOOK_EVENTS)
         return stored
 
 
@@ -123,8 +187,11 @@ def refusal(e: ValidationError) -> str:
         return f"unknown params key(s) {params_extra}; params must be an object with keys from {_PARAMS}"
     err = errors[0]
     loc = err["loc"]
-    if loc[0] == "style":
-        return f"unknown style {err['input']!r}; choose one of {stylize_styles()}"
+    if loc[0] in ("style", "face_style", "background_style"):
+        if err["type"] == "value_error":
+            return str(err["ctx"]["error"])
+        what = str(loc[0]).replace("_", " ")
+        return f"unknown {what} {err['input']!r} (not a name); choose one of: {', '.join(stylize_styles())}"
     if loc[0] == "face2paint":
         return "face2paint must be true or false"
     if loc[0] == "output_format":
@@ -134,6 +201,10 @@ def refusal(e: ValidationError) -> str:
             return ("output_quality applies to jpeg and webp only; leave it out for png, or set "
                     "output_format to jpeg or webp")
         return f"output_quality={err['input']!r} must be an integer from 1 to 100"
+    if loc[0] == "webhook_url":
+        return "webhook_url must be an http:// or https:// URL with a host (at most 2048 characters)"
+    if loc[0] == "webhook_events":
+        return f"webhook_events must be a non-empty list of {list(WEBHOOK_EVENTS)}"
     if len(loc) == 1:  # params itself
         return f"params must be an object with keys from {_PARAMS}"
     name = str(loc[1])

@@ -15,11 +15,12 @@ def evaluate(
     image_dir: Annotated[Path, typer.Argument(help="Directory of photos (or one image file).")],
     out: Annotated[Path, typer.Option("--out", help="Directory for report.json, summary.md and the contact sheets.")],
     manifest: Annotated[Optional[Path], typer.Option(help="CSV with columns file and cases (semicolon-separated); default IMAGE_DIR/manifest.csv when present.")] = None,
-    style: Annotated[Optional[str], typer.Option(help="Stylizer model id (see `face2paint models list`).")] = None,
+    style: Annotated[Optional[str], typer.Option(help="Style preset (see `face2paint styles list`); default: anime where its weights are present.")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images, in name order.")] = None,
 ) -> None:
-    """Stylize each photo with and without face2paint, re-detect the faces' landmarks on both
-    outputs and report distortion rate, landmark error, face SSIM and time, per manifest case."""
+    """Stylize each photo three ways (the style's face model on the whole photo; align +
+    stylize + paste without parsing; the face2paint recipe), re-detect the faces' landmarks on
+    each output and report distortion, identity, skin tone and time, per case and face size."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..tools import evaluate as ev
@@ -41,6 +42,9 @@ def evaluate(
             cases = ev.load_manifest(manifest)
         except (OSError, KeyError, ValueError) as e:
             _fail(f"cannot read manifest {manifest}: {e}")
+    from .pipeline_cmd import checked_styles
+
+    checked_styles(style, None, None)
     try:
         pipe = Face2Paint(style=style)
         chosen = pipe.load()
@@ -67,7 +71,6 @@ def evaluate(
                              max_pixels=settings.max_image_pixels, face_metrics=face_metrics)
 
     o = report["summary"]["overall"]
-    w, f = o["without"], o["with"]
 
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.1f}%"
@@ -75,19 +78,18 @@ def evaluate(
     def num(x, nd=3):
         return "n/a" if x is None else f"{x:.{nd}f}"
 
-    console.print(f"{o['images']} images, {o['faces']} reference faces, {report['total_s']:.0f} s")
-    console.print(f"distortion rate: without {pct(w['distortion_rate'])} ({w['distorted']}), "
-                  f"with {pct(f['distortion_rate'])} ({f['distorted']}); "
-                  f"ratio with/without {num(o['distortion_ratio'], 2)}")
-    console.print(f"mean NLE: without {num(w['mean_nle'])}, with {num(f['mean_nle'])}; "
-                  f"face SSIM: without {num(w['mean_ssim'])}, with {num(f['mean_ssim'])}")
-    if face_metrics is not None:
-        console.print(f"same person: without {pct(w['same_person_rate'])}, with "
-                      f"{pct(f['same_person_rate'])}; skin tone CIEDE2000 median: without "
-                      f"{num(w['median_skin_de'], 1)}, with {num(f['median_skin_de'], 1)}")
-    console.print(f"time per image: without {num(w['time_per_image_s'], 2)} s, "
-                  f"with {num(f['time_per_image_s'], 2)} s "
-                  f"(face2paint overhead {num(o['overhead_pct'], 1)}%)")
+    console.print(f"style {report.get('style')}: {o['images']} images, {o['faces']} reference faces, "
+                  f"{report['total_s']:.0f} s")
+    for mode in ev.MODES:
+        m = o[mode]
+        line = (f"{ev.MODE_NAMES[mode]}: distortion {pct(m['distortion_rate'])} ({m['distorted']}, "
+                f"lost {m['lost']}), NLE {num(m['mean_nle'])}, SSIM {num(m['mean_ssim'])}")
+        if face_metrics is not None:
+            line += (f", same person {pct(m['same_person_rate'])}, skin CIEDE2000 median "
+                     f"{num(m['median_skin_de'], 1)} max {num(m['max_skin_de'], 1)}")
+        console.print(line + f", {num(m['time_per_image_s'], 2)} s per image", soft_wrap=True)
+    console.print(f"distortion ratio, recipe / whole photo: {num(o['distortion_ratio'], 2)}; "
+                  f"recipe / plain paste: {num(o['plain_ratio'], 2)}")
     console.print(f"report: {out / 'report.json'}, {out / 'summary.md'}, {out / 'contact_sheet.jpg'}")
     failed = report["summary"]["failed"]
     for item in failed:

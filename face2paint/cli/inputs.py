@@ -9,16 +9,21 @@ from rich.console import Console
 
 console = Console(stderr=True)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo",
+                  ".heic", ".heif", ".avif", ".pgm", ".ppm", ".pbm", ".pnm"}
 
 
-def collect_images(paths: list[Path]) -> list[Path]:
+def collect_images(paths: list[Path], skipped: list[Path] | None = None) -> list[Path]:
     """Files as given (whatever their suffix: the loader judges them), directories expanded to
-    the image files directly inside them, in name order; duplicates dropped."""
+    the image files directly inside them, in name order; duplicates dropped. The other files of
+    those directories are appended to `skipped`, when given, to be listed."""
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out.extend(sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES))
+            children = sorted(c for c in p.iterdir() if c.is_file() and not c.name.startswith("."))
+            out.extend(c for c in children if c.suffix.lower() in IMAGE_SUFFIXES)
+            if skipped is not None:
+                skipped.extend(c for c in children if c.suffix.lower() not in IMAGE_SUFFIXES)
         elif p.exists():
             out.append(p)
         else:
@@ -56,11 +61,20 @@ def fail(message: str, code: int = 2):
 
 
 def collect_or_fail(paths: list[Path]) -> list[Path]:
-    """collect_images, exiting with a clear message when a path is missing or holds no image."""
+    """collect_images, exiting with a clear message when a path is missing or holds no image,
+    and naming the files of the directories that were skipped as not images."""
+    skipped: list[Path] = []
     try:
-        files = collect_images(paths)
+        files = collect_images(paths, skipped)
     except FileNotFoundError as e:
         fail(str(e))
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        console.print(f"skipped {len(skipped)} file{'s' if len(skipped) != 1 else ''} that "
+                      f"{'are' if len(skipped) != 1 else 'is'} not an image by name: {shown}{more} "
+                      f"(name a file itself to try it anyway; images: {', '.join(sorted(IMAGE_SUFFIXES))})",
+                      soft_wrap=True)
     if not files:
         fail("no images found in " + ", ".join(map(str, paths)))
     return files

@@ -12,10 +12,32 @@ from .inputs import collect_or_fail, console, output_names
 from .inputs import fail as _fail
 
 
+STYLE_HELP = "Style preset (see `face2paint styles list`); default: anime where its weights are present."
+FACE_STYLE_HELP = "Preset (or stylize model id) whose face model paints the faces, overriding --style's."
+BACKGROUND_STYLE_HELP = "Preset (or stylize model id) whose background model paints the rest, overriding --style's."
+
+
+def checked_styles(style, face_style, background_style) -> None:
+    """Refuse an unknown or unavailable style name with the available ones (exit 2)."""
+    from ..models.presets import UnknownStyle, check_style
+    from ..models.registry import ModelUnavailable, Registry
+
+    reg = Registry()
+    for what, name in (("style", style), ("face style", face_style), ("background style", background_style)):
+        if name is not None:
+            try:
+                check_style(name, reg, what)
+            except (UnknownStyle, ModelUnavailable) as e:
+                console.print(f"[red]error:[/red] {e}", soft_wrap=True)  # the names stay whole
+                raise typer.Exit(2) from None
+
+
 def stylize(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],
     out: Annotated[Path, typer.Option("--out", help="Directory for the results.")],
-    style: Annotated[Optional[str], typer.Option(help="Stylizer model id (see `face2paint models list`).")] = None,
+    style: Annotated[Optional[str], typer.Option(help=STYLE_HELP)] = None,
+    face_style: Annotated[Optional[str], typer.Option(help=FACE_STYLE_HELP)] = None,
+    background_style: Annotated[Optional[str], typer.Option(help=BACKGROUND_STYLE_HELP)] = None,
     face2paint: Annotated[bool, typer.Option("--face2paint/--no-face2paint", help="Run the face recipe, or stylize whole images only.")] = True,
     report: Annotated[Optional[Path], typer.Option(help="Write per-image faces, timings and model ids as JSON.")] = None,
     debug: Annotated[bool, typer.Option(help="Also write aligned crops, parsing masks and landmarks.")] = False,
@@ -28,15 +50,18 @@ def stylize(
     from ..models.image_io import ImageError, load_image, save_image
     from ..models.pipeline import Face2Paint
     from ..models.registry import ModelUnavailable
-    from ..models.types import Params
     from ..settings import get_settings
 
     files = collect_or_fail(inputs)
+    checked_styles(style, face_style, background_style)
     try:
-        pipe = Face2Paint(style=style, detector=detector, parser=parser)
+        pipe = Face2Paint(style=style, face_style=face_style, background_style=background_style,
+                          detector=detector, parser=parser)
         chosen = pipe.load()
+        params = pipe.params_for()
     except (ModelUnavailable, ValueError) as e:
         _fail(str(e))
+    console.print(f"[bold]style[/bold]: {pipe.style or 'models given by id'}")
     for stage, how in chosen.items():
         console.print(f"[bold]{stage}[/bold]: {how}")
     out.mkdir(parents=True, exist_ok=True)
@@ -51,13 +76,13 @@ def stylize(
             row = {"input": str(path)}
             try:
                 image = load_image(path, max_side=settings.max_side, max_pixels=settings.max_image_pixels)
-                result = pipe.run(image, face2paint=face2paint)
+                result = pipe.run(image, params, face2paint=face2paint)
                 target = out / names[path]
                 save_image(result.output, target)
                 row.update(output=str(target), width=image.original_size[0],
                            height=image.original_size[1], **result.report())
                 if debug:
-                    _write_debug(out / "debug" / target.stem, image.rgb, result, Params())
+                    _write_debug(out / "debug" / target.stem, image.rgb, result, params)
             except ImageError as e:
                 failures += 1
                 row["error"] = str(e)

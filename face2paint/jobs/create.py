@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..settings import Settings, get_settings
-from . import idempotency
+from . import idempotency, webhooks
 from .db import Item, Job, new_id, unit_of_work, utcnow
 from .errors import JobRejected, clip
 from .inputs import NewFile, delete_quietly, sanitize_filename, store_inputs
@@ -64,6 +64,7 @@ def create_job(
     try:
         with unit_of_work(session):
             session.add(job)
+            _rejected_events(session, job)
     except IntegrityError:
         # Most likely a concurrent request with the same idempotency key won the race.
         delete_quietly(storage, stored)
@@ -76,6 +77,15 @@ def create_job(
         delete_quietly(storage, stored)
         raise
     return job, True
+
+
+def _rejected_events(session: Session, job: Job) -> None:
+    """The webhook events of uploads refused at once, and of a job that ends with them."""
+    for item in job.items:
+        if item.status == ItemState.FAILED:
+            webhooks.item_ended(session, item, job)
+    if job.status in TERMINAL_JOB_STATES:
+        webhooks.job_finished(session, job)
 
 
 def _new_job(job_id, owner, options, key, hashed, item_ids, files, input_keys) -> Job:

@@ -123,8 +123,13 @@ class ApiKey(Base):
     owner: Mapped[str] = mapped_column(String(255), index=True)
     # sha256 hex of the key; the plaintext is shown once and never stored.
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The key's first characters, to tell keys apart in `keys list` (not enough to use one).
+    prefix: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    # The key's webhook signing secret (whsec_ + base64), shown with the key when created.
+    # Kept in plain text: signing needs it (HMAC), unlike the key, which is only compared.
+    webhook_secret: Mapped[str | None] = mapped_column(String(64))
 
 
 class Job(Base):
@@ -135,6 +140,8 @@ class Job(Base):
         UniqueConstraint("owner", "idempotency_key"),
         # Cursor pagination of one owner's jobs, newest first.
         Index(None, "owner", "created_at", "id"),
+        # The retention sweep: finished jobs older than the retention period.
+        Index(None, "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -154,6 +161,11 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Privacy (jobs/retention.py): deleted by its owner (404 from then on), or expired after
+    # the retention period (410 for its results); purged once its objects are gone from storage.
+    deleted_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    purged_at: Mapped[datetime | None]
 
     items: Mapped[list[Item]] = relationship(
         back_populates="job", order_by="Item.index", passive_deletes=True
@@ -185,6 +197,8 @@ class Item(Base):
     error: Mapped[str | None] = mapped_column(Text)
     face_count: Mapped[int | None]
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # stage -> seconds
+    # role -> model id, as each stage ran (detect, parse, stylize, stylize_background).
+    models: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     width: Mapped[int | None]
     height: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -235,6 +249,35 @@ class StageAttempt(Base):
     finished_at: Mapped[datetime | None]
     outcome: Mapped[Outcome | None] = mapped_column(EnumText(Outcome, 16))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookDelivery(Base):
+    """One webhook event of a job, to be delivered to its URL (the outbox): written in the
+    transaction of the state change it reports, sent by the worker's webhook task after the
+    commit, retried until delivered_at or failed_at is set (jobs/webhooks.py)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index(None, "job_id", "created_at"),
+        # The sweeper's scan: undelivered rows due before some time.
+        Index(None, "delivered_at", "failed_at", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    # Whose secret signs it: the key that submitted the job.
+    api_key_id: Mapped[str | None] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    first_attempt_at: Mapped[datetime | None]
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- engines and sessions -------------------------------------------------------------------

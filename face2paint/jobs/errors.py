@@ -62,3 +62,22 @@ class NoResultYet(Exception):
     def __init__(self, item_id: str, status: str):
         super().__init__(f"item {item_id} has no result yet (status {status})")
         self.item_id, self.status = item_id, status
+
+
+class ResultGone(Exception):
+    """The item ended without a result (failed or canceled): there never will be one."""
+
+    def __init__(self, item_id: str, status: str, reason: str | None):
+        why = f": {reason}" if reason else ""
+        super().__init__(f"item {item_id} has no result: it {status}{why}")
+        self.item_id, self.status, self.reason = item_id, status, reason
+
+
+class JobExpired(Exception):
+    """The job's inputs and results were deleted after the retention period."""
+
+    def __init__(self, job_id: str, retention_days: float | None = None):
+        after = f" after {retention_days:g} days" if retention_days is not None else ""
+        super().__init__(f"the photos and results of job {job_id} expired{after} and were "
+                         "deleted (FACE2PAINT_RETENTION_DAYS); submit the photos again")
+        self.job_id, self.retention_days = job_id, retention_days

@@ -67,7 +67,7 @@ def list_jobs(
     Keyset pagination on (created_at, id): pages stay correct while new jobs are created.
     """
     limit = max(1, min(int(limit), MAX_PAGE))
-    query = select(Job).where(Job.owner == owner)
+    query = select(Job).where(Job.owner == owner, Job.deleted_at.is_(None))
     if cursor:
         ts, job_id = decode_cursor(cursor)
         query = query.where(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from . import webhooks
 from .db import Item, Job, utcnow
 from .locks import lock_job
 from .states import (
@@ -53,8 +54,11 @@ def refresh_job(session: Session, job_id: str) -> Job | None:
     job.status = status
     if status != JobState.QUEUED and job.started_at is None and started:
         job.started_at = now
-    if status in TERMINAL_JOB_STATES and job.finished_at is None:
+    finished = status in TERMINAL_JOB_STATES and job.finished_at is None
+    if finished:
         job.finished_at = now
     job.error = job_error(job)
     job.updated_at = now
+    if finished:
+        webhooks.job_finished(session, job)  # the outbox row, in this transaction
     return job

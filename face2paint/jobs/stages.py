@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from ..settings import Settings, get_settings
 from .db import Item, Job, StageAttempt, utcnow
+from . import webhooks
 from .errors import clip
 from .locks import lock_attempt, lock_item
 from .progress import refresh_job
@@ -98,6 +99,7 @@ def begin_stage(
         item.error = _give_up_reason(session, item, stage, attempts - 1)
         item.finished_at = now
         item.updated_at = now
+        webhooks.item_ended(session, item)  # the outbox row, in this transaction
         refresh_job(session, item.job_id)
         log.warning("item %s failed: %s", item_id, item.error)
         return None
@@ -179,10 +181,12 @@ def finish_stage(
     *,
     output_key: str | None = None,
     face_count: int | None = None,
+    models: dict[str, str] | None = None,
 ) -> bool:
     """Close a successful attempt; True if the item's chain should go on from it. With
     `output_key` (the finalize stage) the same transaction also marks the item succeeded, so
-    a succeeded item always has exactly one succeeded finalize attempt.
+    a succeeded item always has exactly one succeeded finalize attempt. `models` (role ->
+    model id) is what the stage ran, recorded on the item.
 
     Exactly one attempt at a stage goes on: the latest one. An older attempt that finishes
     after a newer one began was a duplicate delivery (a worker whose broker connection dropped
@@ -209,6 +213,8 @@ def finish_stage(
     row.finished_at = now
     row.outcome = Outcome.SUCCEEDED if current else Outcome.DUPLICATE
     _merge_timings(item, timings)
+    if current and models:
+        item.models = {**(item.models or {}), **models}  # a new dict: JSON changes in place go unseen
     if current and output_key is not None:
         check_item_transition(item.status, ItemState.SUCCEEDED)
         item.output_key = output_key
@@ -218,6 +224,7 @@ def finish_stage(
         item.error = None
         item.finished_at = now
         item.updated_at = now
+        webhooks.item_ended(session, item)
         refresh_job(session, item.job_id)
     elif item.status not in TERMINAL_ITEM_STATES:
         item.updated_at = now
@@ -241,5 +248,6 @@ def fail_item(session: Session, item_id: str, reason: str) -> Item | None:
     item.error = clip(reason) or "failed"
     item.finished_at = now
     item.updated_at = now
+    webhooks.item_ended(session, item)
     refresh_job(session, item.job_id)
     return item

@@ -34,11 +34,12 @@ EYE_DISTANCE_FRACTION = 0.235
 EYES_Y_FRACTION = 0.455
 
 
-def canonical_template(size: int = 512) -> np.ndarray:
-    """The five target points for a size x size aligned crop."""
+def canonical_template(size: int = 512, eye_fraction: float | None = None) -> np.ndarray:
+    """The five target points for a size x size aligned crop; `eye_fraction` (inter-ocular
+    distance / crop side) frames it looser or tighter than EYE_DISTANCE_FRACTION, per face model."""
     eyes_mid = _ARCFACE_112[:2].mean(axis=0)
     eye_dist = np.linalg.norm(_ARCFACE_112[1] - _ARCFACE_112[0])
-    scale = EYE_DISTANCE_FRACTION * size / eye_dist
+    scale = (eye_fraction or EYE_DISTANCE_FRACTION) * size / eye_dist
     target_mid = np.array([size / 2.0, EYES_Y_FRACTION * size])
     return ((_ARCFACE_112 - eyes_mid) * scale + target_mid).astype(np.float32)
 

@@ -18,18 +18,21 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .keep import apply_keep
 from .align import canonical_template, eye_distance, invert, similarity_transform, transform_points
 from .parse import FACE_LABELS, label_mask
 from .types import AlignedFace, Face, Params
 
 
-def align_face(image: np.ndarray, face: Face, size: int = 512) -> AlignedFace:
-    """Warp one face of an RGB image into the canonical size x size crop.
+def align_face(image: np.ndarray, face: Face, size: int = 512,
+               eye_fraction: float | None = None) -> AlignedFace:
+    """Warp one face of an RGB image into the canonical size x size crop (framed by
+    `eye_fraction`, the face model's, default align.EYE_DISTANCE_FRACTION).
 
     Pixels outside the photo (faces at its borders) are filled by reflection so the networks
     see plausible context; paste-back only writes inside the photo, so they never show.
     """
-    matrix = similarity_transform(face.landmarks, canonical_template(size))
+    matrix = similarity_transform(face.landmarks, canonical_template(size, eye_fraction))
     crop = cv2.warpAffine(
         image, matrix, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT101
     )
@@ -137,6 +140,47 @@ def match_colour(face: np.ndarray, background: np.ndarray, inverse: np.ndarray, 
     return cv2.cvtColor(np.clip(lab_face, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+# The seam: how far into the face (share of the crop side) the boundary correction reaches, and
+# the reach (sigma, share of the side) over which boundary differences are averaged.
+SEAM_REACH = 0.08
+SEAM_SIGMA = 0.015
+
+
+def match_seam(face: np.ndarray, background: np.ndarray, inverse: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Match the stylized face's lightness and colour to the stylized background along the
+    paste mask's boundary, fading to no change SEAM_REACH inside it.
+
+    Face and background may come from two different models (JP_face on a v3 Hayao
+    background): their difference (CIELAB) is measured in the feather band of the mask,
+    smoothed along the boundary (a local, not a global, offset: hair meets sky on one side and
+    a shirt on the other), and added to the face with a weight that is 1 at the boundary and 0
+    in the interior, where the face keeps its own colours (and the person's skin tone)."""
+    s = face.shape[0]
+    m = mask.astype(np.float32)
+    band = ((m > 0.02) & (m < 0.98)).astype(np.float32)
+    if band.sum() < 10:
+        return face
+    matrix = cv2.invertAffineTransform(inverse)
+    under = cv2.warpAffine(background, matrix, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    lab_face = cv2.cvtColor(face.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    lab_bg = cv2.cvtColor(under.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    sigma = max(2.0, SEAM_SIGMA * s)
+    weight = cv2.GaussianBlur(band, (0, 0), sigma)
+    diff = cv2.GaussianBlur((lab_bg - lab_face) * band[..., None], (0, 0), sigma)
+    diff /= np.maximum(weight, 1e-3)[..., None]
+    inside = (m >= 0.5).astype(np.uint8)
+    depth = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    ramp = np.clip(1.0 - depth / max(1.0, SEAM_REACH * s), 0.0, 1.0)
+    ramp *= np.clip(weight / max(float(weight.max()), 1e-6) * 4, 0, 1)  # no reach, no offset
+    # The mask's outer half lies beyond the face and hair outline (its dilation): there the
+    # face model painted its own background, which would show as a halo; take the background's.
+    outer = np.clip((0.5 - m) / 0.5, 0.0, 1.0)[..., None]
+    lab_face += (diff * ramp[..., None]) * (1 - outer) + (lab_bg - lab_face) * outer
+    lab_face[..., 0] = np.clip(lab_face[..., 0], 0, 100)
+    rgb = cv2.cvtColor(lab_face, cv2.COLOR_LAB2RGB)
+    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def compose(
     background: np.ndarray,
     faces: list[np.ndarray],
@@ -144,10 +188,10 @@ def compose(
     masks: list[np.ndarray],
     sharpen_weight: float,
 ) -> np.ndarray:
-    """Paste every stylized face (colour-matched) into the stylized background, then sharpen."""
+    """Paste every stylized face (seam-matched) into the stylized background, then sharpen."""
     out = background
     for face, inverse, mask in zip(faces, inverses, masks):
-        out = paste_face(out, match_colour(face, background, inverse, mask), inverse, mask)
+        out = paste_face(out, match_seam(face, background, inverse, mask), inverse, mask)
     return unsharp(out, sharpen_weight)
 
 
@@ -163,6 +207,17 @@ class FaceBatch:
     refined: np.ndarray
     inverse: np.ndarray
     mask: np.ndarray
+    # keep.py's regions of the input crops, (N, S, S, 3) uint8 (skin, glasses, beard), and the
+    # input's mean skin CIELAB, (N, 3) float32 (NaN: none). Zeros / NaN: nothing to keep.
+    keep: np.ndarray | None = None
+    skin_lab: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n, size = len(self.refined), self.refined.shape[1] if self.refined.ndim == 4 else 0
+        if self.keep is None:
+            self.keep = np.zeros((n, size, size, 3), np.uint8)
+        if self.skin_lab is None:
+            self.skin_lab = np.full((n, 3), np.nan, np.float32)
 
     def __len__(self) -> int:
         return len(self.refined)
@@ -172,22 +227,30 @@ class FaceBatch:
         if not aligned:
             return cls(np.zeros((0, size, size, 3), np.uint8), np.zeros((0, 2, 3)),
                        np.zeros((0, size, size), np.uint8))
+        s = aligned[0].refined.shape[0]
+        keep = [a.keep if a.keep is not None else np.zeros((s, s, 3), np.uint8) for a in aligned]
+        skin = [a.skin_lab if a.skin_lab is not None else np.full(3, np.nan, np.float32) for a in aligned]
         return cls(np.stack([a.refined for a in aligned]), np.stack([a.inverse for a in aligned]),
-                   np.stack([mask_to_uint8(a.paste_mask) for a in aligned]))
+                   np.stack([mask_to_uint8(a.paste_mask) for a in aligned]), np.stack(keep),
+                   np.stack(skin).astype(np.float32))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"refined": self.refined, "inverse": self.inverse, "mask": self.mask}
+        return {"refined": self.refined, "inverse": self.inverse, "mask": self.mask,
+                "keep": self.keep, "skin_lab": self.skin_lab}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "FaceBatch":
-        return cls(arrays["refined"], arrays["inverse"], arrays["mask"])
+        # An artifact written before keep.py has no keep regions: nothing is kept then.
+        return cls(arrays["refined"], arrays["inverse"], arrays["mask"], arrays.get("keep"),
+                   arrays.get("skin_lab"))
 
 
 class FaceHelper:
     """The recipe's face geometry and compositing for one set of parameters."""
 
-    def __init__(self, params: Params | None = None):
+    def __init__(self, params: Params | None = None, framing: float | None = None):
         self.params = params or Params()
+        self.framing = framing  # the face model's eye distance / crop side (None: the default)
 
     def select(self, faces: list[Face]) -> list[Face]:
         """Faces confident and large enough for the recipe; the rest are left to the
@@ -197,7 +260,7 @@ class FaceHelper:
                 if f.score >= p.alignment_threshold and eye_distance(f) >= p.min_face_eye_distance]
 
     def align(self, rgb: np.ndarray, face: Face) -> AlignedFace:
-        return align_face(rgb, face, self.params.face_size)
+        return align_face(rgb, face, self.params.face_size, self.framing)
 
     def paste_mask(self, labels: np.ndarray) -> np.ndarray:
         """The feathered paste mask of a parsed crop, float32 in steps of 1/255 (see FaceBatch)."""
@@ -206,7 +269,7 @@ class FaceHelper:
     def batch(self, aligned: list[AlignedFace]) -> FaceBatch:
         return FaceBatch.from_aligned(aligned, self.params.face_size)
 
-    def work_size(self, inverse: np.ndarray) -> int:
+    def work_size(self, inverse: np.ndarray, min_size: int | None = None) -> int:
         """The size to stylize a face crop at: the face's own resolution in the photo, rounded
         up to face_min_size plus a multiple of half of it, at most face_size. A face 60 px wide gains
         nothing from a 512² generator pass but costs 16 times a 128² one; few distinct sizes
@@ -216,19 +279,21 @@ class FaceHelper:
         # Steps of half the minimum (256, 384, 512), not doubling: a face of 300 px stylized at
         # 512 costs 2.9 times its own resolution's pixels, at 384 1.6 times; three sizes still
         # keep per-size compiles few. (The ONNX engines take any multiple of 16.)
-        size = self.params.face_min_size
+        size = max(self.params.face_min_size, min(min_size or 0, self.params.face_size))
         step = max(16, self.params.face_min_size // 2)
         while size < native and size < self.params.face_size:
             size += step
         return min(size, self.params.face_size)
 
-    def stylize(self, faces: FaceBatch, generator) -> list[np.ndarray]:
-        """The refined crops through the generator at their work sizes, batched per size where
-        the generator supports batches; returned at the crops' own size for paste-back."""
+    def stylize(self, faces: FaceBatch, generator, min_size: int | None = None) -> list[np.ndarray]:
+        """The refined crops through the generator at their work sizes (at least `min_size`,
+        the face model's: JP_face draws no eyes below 512), batched per size where the
+        generator supports batches; returned at the crops' own size for paste-back, with the
+        person's skin tone, glasses and beard kept (keep.py)."""
         crops = list(faces.refined)
         if not crops:
             return []
-        sizes = [self.work_size(m) for m in faces.inverse]
+        sizes = [self.work_size(m, min_size) for m in faces.inverse]
         out: list[np.ndarray | None] = [None] * len(crops)
         batch = getattr(generator, "batch", None)
         for size in sorted(set(sizes)):
@@ -238,7 +303,8 @@ class FaceHelper:
             done = list(batch(small)) if batch else [generator(c) for c in small]
             for i, d in zip(idx, done):
                 s = crops[i].shape[0]
-                out[i] = d if d.shape[0] == s else cv2.resize(d, (s, s), interpolation=cv2.INTER_CUBIC)
+                d = d if d.shape[0] == s else cv2.resize(d, (s, s), interpolation=cv2.INTER_CUBIC)
+                out[i] = apply_keep(d, crops[i], faces.keep[i], faces.skin_lab[i], self.params.skin_tone)
         return out  # type: ignore[return-value]
 
     def compose(self, background: np.ndarray, faces: FaceBatch, crops: list[np.ndarray]) -> np.ndarray:

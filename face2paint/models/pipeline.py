@@ -4,7 +4,7 @@ Each stage is a method over numpy images and plain data, so the worker can run t
 stages (detect | parse | stylize | finalize) and a script can call `run` in one go; both compose
 the same numbers. Models are taken lazily from a `ModelCache`, by role, when a stage first needs
 one: detect uses the detector, parse the parser, stylize the face and the background stylizers
-(today the same model unless `background_style` is given), finalize none. Parameters (`Params`)
+(the face model of the style preset on aligned crops, its background model on the whole image), finalize none. Parameters (`Params`)
 are per call: they change no weights. The face geometry and compositing are `face.FaceHelper`'s.
 """
 
@@ -85,15 +85,40 @@ class Timer:
 class Face2Paint:
     """The recipe over models resolved and loaded lazily, by role.
 
-    Each role takes a model id (requested: never substituted), None (the best available; for
-    the background: the face stylizer), or a loaded model object (injected, e.g. by a test).
+    `style` is a preset name (models/presets.py: a face model for the aligned crops, a
+    background model for the whole capped image; every stylize model id is a preset of its
+    own), None for the default preset (`anime` where its weights are present), or a loaded
+    model object (injected, e.g. by a test: faces and background alike). `face_style` and
+    `background_style` override one side: a preset name (its face, resp. background, model), a
+    model id, or a loaded model. Detector and parser: a model id (requested: never
+    substituted), None (the best available), or a loaded model object.
     """
 
     def __init__(self, cache: ModelCache | None = None, *, detector=None, parser=None,
-                 style=None, background_style=None):
+                 style=None, background_style=None, face_style=None):
+        from .presets import BY_NAME, background_model_of, face_model_of
+
         self.cache = cache or ModelCache()
-        self._wanted = {"detect": detector, "parse": parser, "stylize": style,
-                        "stylize_background": background_style}
+        self.preset = BY_NAME.get(style) if isinstance(style, str) else None
+        self._default_style = style is None
+        face = style
+        if self.preset is not None:
+            face = self.preset.face_model
+        if isinstance(face_style, str):
+            face = face_model_of(face_style)
+        elif face_style is not None:
+            face = face_style
+        background = None  # None: the face stylizer
+        if self.preset is not None and self.preset.background_model != face:
+            background = self.preset.background_model
+        if isinstance(background_style, str):
+            background = background_model_of(background_style)
+        elif background_style is not None:
+            background = background_style
+        self._wanted = {"detect": detector, "parse": parser, "stylize": face,
+                        "stylize_background": background}
+        self._overridden = {"stylize": face_style is not None,
+                            "stylize_background": background_style is not None}
         self._choices: dict[str, Choice] = {}
         self._models: dict[str, object] = {}
         for role, wanted in self._wanted.items():
@@ -101,7 +126,38 @@ class Face2Paint:
                 self._models[role] = wanted
                 self._choices[role] = Choice(wanted.model_id, "given")
 
+    def _resolve_default(self) -> None:
+        """style=None: the default preset, for the roles that were not given."""
+        from .presets import default_preset
+
+        if not self._default_style:
+            return
+        self._default_style = False
+        self.preset = default_preset(self.cache.registry)
+        if not self._overridden["stylize"]:
+            self._wanted["stylize"] = self.preset.face_model
+            self._choices.setdefault("stylize", Choice(self.preset.face_model, "best available"))
+        if not self._overridden["stylize_background"] and self.preset.background_model != self._wanted["stylize"]:
+            self._wanted["stylize_background"] = self.preset.background_model
+            self._choices.setdefault("stylize_background",
+                                     Choice(self.preset.background_model, "best available"))
+
+    @property
+    def style(self) -> str | None:
+        """The preset this pipeline runs (None when its models were given or named by id only)."""
+        self._resolve_default()
+        return self.preset.id if self.preset is not None else None
+
+    def params_for(self, given=None) -> Params:
+        """Params: the preset's defaults under what a request (dict or Params) set."""
+        self._resolve_default()
+        if isinstance(given, Params):
+            return given
+        base = dict(self.preset.params) if self.preset is not None else {}
+        return Params(**{**base, **(given or {})})
+
     def _same_as_faces(self, role: str) -> bool:
+        self._resolve_default()
         return role == "stylize_background" and self._wanted[role] is None
 
     def choice(self, role: str) -> Choice:
@@ -151,7 +207,9 @@ class Face2Paint:
         """Align, parse and refine every selected face: the generator's face inputs."""
         from .refine import analyze_face, refine_at
 
-        helper = FaceHelper(params)
+        from .keep import keep_masks, skin_mean_lab
+
+        helper = FaceHelper(params, self.face_framing())
         p = helper.params
         timer = timer or Timer()
         out = []
@@ -169,11 +227,24 @@ class Face2Paint:
                 )
                 # Refined at the face's work size with only the masks the parameters use
                 # (refine.refine_at), returned at the crop's size.
-                a.refined = refine_at(a.crop, a.labels, p, a.flags, size=helper.work_size(a.inverse),
+                a.refined = refine_at(a.crop, a.labels, p, a.flags, size=helper.work_size(a.inverse, self._face_option("face_work_size")),
                                       smooth=p.parsing_smooth)
                 a.paste_mask = helper.paste_mask(a.labels)
+                if getattr(self.parser, "supports_flags", True):  # real parsing regions only
+                    a.keep = keep_masks(a.crop, a.labels, a.landmarks)
+                    a.skin_lab = skin_mean_lab(a.crop, a.keep)
             out.append(a)
         return out
+
+    def _face_option(self, name: str):
+        from .registry import BY_ID
+
+        spec = BY_ID.get(self.choice("stylize").model_id)
+        return spec.options.get(name) if spec is not None else None
+
+    def face_framing(self) -> float | None:
+        """The face model's crop framing (registry option face_framing), None: the default."""
+        return self._face_option("face_framing")
 
     def pack(self, aligned: list[AlignedFace], params: Params | None = None) -> FaceBatch:
         """What the later stages need of the prepared faces (the parse stage's artifact)."""
@@ -183,7 +254,7 @@ class Face2Paint:
         """The face stylizer over the refined crops, each at its work size."""
         if not len(faces):
             return []
-        return FaceHelper(params).stylize(faces, self.face_stylizer)
+        return FaceHelper(params).stylize(faces, self.face_stylizer, self._face_option("face_work_size"))
 
     def stylize_background(self, rgb: np.ndarray, params: Params | None = None) -> np.ndarray:
         """The background stylizer over the whole image, its long side capped."""

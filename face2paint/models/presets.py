@@ -21,6 +21,10 @@ class UnknownStyle(ValueError):
     """A style name that is no preset; the message lists the known ones."""
 
 
+class StyleUnavailable(ModelUnavailable):
+    """A preset whose model files are not on this machine; the message lists the available ones."""
+
+
 @dataclass(frozen=True)
 class Preset:
     id: str
@@ -53,8 +57,9 @@ NAMED: tuple[Preset, ...] = (
     Preset("comic", "animeganv3-comic", "animeganv3-comic", "comic / caricature, bold ink lines"),
     Preset("arcane", "animeganv3-arcane", "animeganv3-arcane", "painterly 3D in the style of Arcane"),
     Preset("cute", "animeganv3-cute", "animeganv3-cute", "3D-doll cartoon: big glossy eyes"),
+    # A sketch is black ink on white: bringing the photo's skin colour back would undo it.
     Preset("sketch", "animeganv3-portrait-sketch", "animeganv3-portrait-sketch",
-           "black-ink line sketch"),
+           "black-ink line sketch", MappingProxyType({"skin_tone": False})),
     Preset("face-paint", "animeganv2-face-paint-512-v2", "animeganv2-paprika",
            "AnimeGANv2 face_paint_512_v2 faces on a Paprika background (bryandlee; `models pull` both)"),
 )
@@ -119,3 +124,32 @@ def default_preset(registry: Registry) -> Preset:
         if preset_status(BY_NAME[name], registry).available:
             return BY_NAME[name]
     raise ModelUnavailable("no style is available")  # unreachable: the builtin filter is
+
+
+def check_style(name: str, registry: Registry, what: str = "style") -> Preset:
+    """The preset `name` if it can run here; UnknownStyle or StyleUnavailable otherwise, each
+    with the names that would work (what a refused request should try instead)."""
+    available = [p.id for p in available_presets(registry)]
+    if name not in BY_NAME:
+        raise UnknownStyle(f"unknown {what} {name!r}; choose one of: {', '.join(available)}")
+    st = preset_status(BY_NAME[name], registry)
+    if not st.available:
+        def needs(m: str) -> str:
+            spec = BY_ID[m]
+            return f"{m} ({spec.converted_from.file if spec.converted_from else spec.file})"
+
+        raise StyleUnavailable(
+            f"{what} {name!r} is not available here: missing or unusable "
+            f"{', '.join(needs(m) for m in st.missing)}; `face2paint models pull ID` fetches a "
+            f"model, or choose one of: {', '.join(available)}")
+    return BY_NAME[name]
+
+
+def face_model_of(name: str) -> str:
+    """The face model a `face_style` names: a preset's face model, or a model id as it is."""
+    return BY_NAME[name].face_model if name in BY_NAME else name
+
+
+def background_model_of(name: str) -> str:
+    """The background model a `background_style` names: a preset's, or a model id as it is."""
+    return BY_NAME[name].background_model if name in BY_NAME else name

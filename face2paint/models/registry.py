@@ -114,13 +114,19 @@ _FP32_16 = TensorIO(dtype="float32", layout="NHWC", size_multiple=16)
 _V3_ONNX_SPEC = "[1, H, W, 3] NHWC RGB x / 127.5 - 1, tanh out"
 
 
+# Every v3 generator gets `pad_multiple` = its size multiple: the generator pads an odd size by
+# reflection and crops back (never stretches); without it USA2 crashed on a 328 x 384 face crop.
 def _v3_onnx(model_id: str, file: str, sha256: str, url: str, kind: str, io: TensorIO,
-             note: str) -> ModelSpec:
+             note: str, face_framing: float | None = None,
+             face_work_size: int | None = None) -> ModelSpec:
+    # face_framing: the aligned crop's eye distance / side for this face model (align.py);
+    # face_work_size: the least size its crops are stylized at (FaceHelper.work_size).
+    framing = {k: v for k, v in (("face_framing", face_framing), ("face_work_size", face_work_size)) if v}
     return ModelSpec(
         id=model_id, stage="stylize", runtime="onnxruntime", file=file, sha256=sha256,
         urls=(url,), licence=_V3_LICENCE, commercial_use=False, kind=kind, io=io,
         input_spec=f"{_V3_ONNX_SPEC}; {io.dtype}, H and W multiples of {io.size_multiple}",
-        options={"family": "animeganv3"}, note=note,
+        options={"family": "animeganv3", "pad_multiple": io.size_multiple, **framing}, note=note,
     )
 
 
@@ -132,7 +138,7 @@ def _v3_coreml(model_id: str, name: str, sha256: str, note: str) -> ModelSpec:
         urls=(f"{_AI_ART}/{name}.mlmodel",), licence=_V3_LICENCE, commercial_use=False,
         kind="face", io=_FP32_16,
         input_spec=f"{_V3_ONNX_SPEC}; float32, H and W multiples of 16 (converted from CoreML)",
-        options={"family": "animeganv3"}, note=note,
+        options={"family": "animeganv3", "pad_multiple": _FP32_16.size_multiple}, note=note,
         converted_from=ConvertedFrom(file=f"coreml/{name}.mlmodel", sha256=sha256, converter="coreml"),
     )
 
@@ -244,7 +250,10 @@ MODELS: tuple[ModelSpec, ...] = (
     _v3_onnx("animeganv3-jp-face", "AnimeGANv3_JP_face_v1.0_fp16.onnx",
              "696daebf32d80d25b54072901fdfcf80775176c7e06fe678be1ea93ea6f97c18",
              f"{_MEETIG_MAIN}/AnimeGANv3_JP_face_v1.0_fp16.onnx", "face", _FP16_8,
-             "Japanese anime portraits; wants hair in the crop"),
+             "Japanese anime portraits; wants hair in the crop",
+             # Looked at: 0.235 cuts the hair off; at 0.2 the whole head is in and the eyes are
+             # still drawn as anime eyes; at 0.17 and looser, or below 512 px, they turn into smudges.
+             face_framing=0.2, face_work_size=512),
     _v3_onnx("animeganv3-cute", "AnimeGANv3_tiny_Cute.onnx",
              "3ef02d6b2939a0e81621abc5beb0e741bb58654570033cd0e97f6b6ef37c1171",
              f"{_V3_VIDEO}/AnimeGANv3_tiny_Cute.onnx", "face", _FP32_16, "3D-doll cartoon portraits"),

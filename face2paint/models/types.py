@@ -68,6 +68,10 @@ class Params:
     face_min_size: int = 256
     # Longest side the background is stylized at (then resized back to the image's size).
     background_max_side: int = 1024
+    # Move the stylized skin's colour back toward the photo's (CIELAB, under the parsing skin
+    # mask), keeping the model's shading; glasses and beards get their structure back where the
+    # face model smudged them (models/keep.py). Face models whiten dark skin without it.
+    skin_tone: bool = True
 
 
 @dataclass
@@ -83,3 +87,5 @@ class AlignedFace:
     flags: dict = field(default_factory=dict)  # e.g. glasses, heavy_makeup, harsh_light
     refined: np.ndarray | None = None  # crop after the region refiners: the generator's input
     paste_mask: np.ndarray | None = None  # (S, S) float32 0..1, feathered
+    keep: np.ndarray | None = None  # (S, S, 3) uint8: skin, glasses, beard regions (models/keep.py)
+    skin_lab: np.ndarray | None = None  # (3,) mean CIELAB of the input's skin

@@ -34,7 +34,13 @@ from ..models.face import FaceHelper
 from ..models.image_io import ImageError, load_image, resize_to, save_image
 from ..models.types import Face, Params
 
-MODES = ("without", "with")  # face2paint off / on
+# The face model on the whole photo (how AnimeGANv3's own scripts run it), align + stylize +
+# paste without parsing, refinement or keep (AnimeGANv3_Portrait_Inference's way), the recipe.
+MODES = ("without", "plain", "with")
+MODE_NAMES = {"without": "face model on the whole photo", "plain": "align + stylize + paste",
+              "with": "face2paint recipe"}
+# Face sizes by the input's eye distance in the (capped) eval image, in pixels.
+SIZES = (("small (eyes < 32 px)", 0, 32), ("medium (32-80 px)", 32, 80), ("large (>= 80 px)", 80, 1e9))
 DISTORTION_THRESHOLD = 0.1  # NLE above this (in inter-ocular distances) counts as distorted
 MATCH_IOU = 0.3
 # Eye-midpoint fallback when boxes do not overlap enough: closer than half an inter-ocular
@@ -227,6 +233,8 @@ def evaluate(
         on_progress(len(images), len(images), "")
 
     report = {
+        "style": getattr(pipe, "style", None),
+        "modes": dict(MODE_NAMES),
         "models": dict(pipe.models),
         "settings": {
             "reference_faces": "input detections with score >= "
@@ -280,13 +288,18 @@ def _evaluate_image(image, pipe, params, warmup, rows, tiles, row_height, name,
     outputs = {}
     for mode in MODES:
         t0 = time.perf_counter()
-        result = pipe.run(image, params, face2paint=(mode == "with"))
-        rec["time_s"][mode] = round(time.perf_counter() - t0, 4)
-        if mode == "with":
+        if mode == "without":
+            output = whole_photo(pipe, rgb, params)
+        elif mode == "plain":
+            output = plain_paste(pipe, rgb, params)
+        else:
+            result = pipe.run(image, params)
+            output = result.output
             rec["processed"] = len(result.aligned)
             rec["stage_s"] = {k: round(v, 4) for k, v in result.timings.items()}
+        rec["time_s"][mode] = round(time.perf_counter() - t0, 4)
         # Back to the capped size the input was detected at, so coordinates are comparable.
-        out = resize_to(result.output, (w, h))
+        out = resize_to(output, (w, h))
         outputs[mode] = out
         found = pipe.detect(out)
         y_out = luminance(out)
@@ -305,6 +318,46 @@ def _evaluate_image(image, pipe, params, warmup, rows, tiles, row_height, name,
             }
     _collect_panels(rec, rgb, outputs, refs, rows, tiles, row_height, name)
     return rec
+
+
+def whole_photo(pipe, rgb: np.ndarray, params: Params) -> np.ndarray:
+    """The baseline of AnimeGANv3's own scripts: the face model on the whole photo (its long
+    side capped like the background's), at the photo's size."""
+    h, w = rgb.shape[:2]
+    cap = params.background_max_side
+    if max(h, w) > cap:
+        s = cap / max(h, w)
+        small = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+        return resize_to(pipe.face_stylizer(small), (w, h))
+    return pipe.face_stylizer(rgb)
+
+
+def plain_mask(size: int) -> np.ndarray:
+    """A feathered ellipse around the aligned face (no parsing): the plain paste's mask."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    r = ((xx - 0.5) / 0.36) ** 2 + ((yy - 0.5) / 0.42) ** 2
+    return np.clip((1.0 - r) / 0.35, 0.0, 1.0).astype(np.float32)
+
+
+def plain_paste(pipe, rgb: np.ndarray, params: Params) -> np.ndarray:
+    """The baseline of TachibanaYoshino/AnimeGANv3_Portrait_Inference: align each face, stylize
+    the crop as it is, paste it back through a feathered ellipse onto the stylized background;
+    no parsing, no refinement, no keep, no seam matching."""
+    from ..models.face import paste_face
+
+    helper = FaceHelper(params, pipe.face_framing())
+    out = pipe.stylize_background(rgb, params)
+    mask = plain_mask(params.face_size)
+    min_size = pipe._face_option("face_work_size")
+    for face in helper.select(pipe.detect(rgb)):
+        a = helper.align(rgb, face)
+        size = helper.work_size(a.inverse, min_size)
+        crop = a.crop if size == a.crop.shape[0] else cv2.resize(a.crop, (size, size), interpolation=cv2.INTER_AREA)
+        styl = pipe.face_stylizer(crop)
+        if styl.shape[0] != a.crop.shape[0]:
+            styl = cv2.resize(styl, a.crop.shape[:2][::-1], interpolation=cv2.INTER_CUBIC)
+        out = paste_face(out, styl, a.inverse, mask)
+    return out
 
 
 # --- aggregation ------------------------------------------------------------------------------
@@ -337,7 +390,9 @@ def _group_stats(recs: list[dict]) -> dict:
             "time_per_image_s": _mean(r["time_s"].get(mode) for r in ok),
             **_person_stats(ms),
         }
+    p = stats["plain"]["distortion_rate"]
     a, b = stats["without"]["distortion_rate"], stats["with"]["distortion_rate"]
+    stats["plain_ratio"] = b / p if p else None
     # with / without: below 1 means face2paint distorts fewer faces. Undefined when the
     # baseline distorts none.
     stats["distortion_ratio"] = b / a if a else None
@@ -367,11 +422,24 @@ def _rounded(d):
     return d
 
 
+def _size_records(records: list[dict], lo: float, hi: float) -> list[dict]:
+    """The records with only their faces of eye distance in [lo, hi)."""
+    out = []
+    for r in records:
+        if "error" in r:
+            continue
+        faces = [f for f in r["faces"] if lo <= f["iod"] < hi]
+        if faces:
+            out.append({**r, "faces": faces})
+    return out
+
+
 def summarize(records: list[dict]) -> dict:
     cases = sorted({c for r in records for c in r["cases"]})
     return {
         "overall": _group_stats(records),
         "per_case": {c: _group_stats([r for r in records if c in r["cases"]]) for c in cases},
+        "per_size": {name: _group_stats(_size_records(records, lo, hi)) for name, lo, hi in SIZES},
         "failed": [{"file": r["file"], "error": r["error"]} for r in records if "error" in r],
     }
 
@@ -391,72 +459,84 @@ def _secs(x) -> str:
     return "–" if x is None else f"{x:.2f} s"
 
 
+def _rate(m: dict, n: int) -> str:
+    return f"{_pct(m['distortion_rate'])} ({m['distorted']}/{n})"
+
+
+def _row(name: str, c: dict, metric) -> str:
+    return f"| {name} | {c['faces']} | " + " | ".join(metric(c[m]) for m in MODES) + " |"
+
+
+def _table(title: str, groups: dict) -> list[str]:
+    """One table per metric family: distortion, identity, skin tone, by group."""
+    head = "| " + title + " | faces | " + " | ".join(MODE_NAMES[m] for m in MODES) + " |"
+    sep = "|---|---|" + "---|" * len(MODES)
+    lines = []
+    for label, metric in (
+        ("distortion rate (lost)", lambda m: f"{_pct(m['distortion_rate'])} ({m['lost']})"),
+        ("same person (dlib distance < 0.6)", lambda m: _pct(m["same_person_rate"])),
+        ("skin CIEDE2000 median / max", lambda m: f"{_num(m['median_skin_de'], 1)} / {_num(m['max_skin_de'], 1)}"),
+    ):
+        lines += [f"{label}:", "", head, sep]
+        lines += [_row(name, c, metric) for name, c in groups.items() if c["faces"]]
+        lines.append("")
+    return lines
+
+
 def summary_markdown(report: dict) -> str:
     s = report["summary"]
     o = s["overall"]
     models = ", ".join(f"{k}: {v}" for k, v in report["models"].items())
     lines = [
         "# face2paint evaluation", "",
-        f"Models: {models}. {o['images']} images, {o['faces']} reference faces.", "",
+        f"Style: {report.get('style') or '(models by id)'}. Models: {models}. {o['images']} images, "
+        f"{o['faces']} reference faces.", "",
         f"Reference faces: {report['settings']['reference_faces']}. A face is distorted when "
         f"its normalised landmark error (NLE: mean landmark displacement / inter-ocular "
         f"distance) exceeds {DISTORTION_THRESHOLD} or it is no longer found on the output. "
-        "SSIM: luminance on the input face box.", "",
+        "SSIM: luminance on the input face box. Modes: "
+        + "; ".join(f"{m}: {MODE_NAMES[m]}" for m in MODES) + ".", "",
         "## Overall", "",
-        "| metric | without face2paint | with face2paint |",
-        "|---|---|---|",
+        "| metric | " + " | ".join(MODE_NAMES[m] for m in MODES) + " |",
+        "|---|" + "---|" * len(MODES),
     ]
-    w, f = o["without"], o["with"]
+
+    def cells(fn) -> str:
+        return " | ".join(fn(o[m]) for m in MODES)
+
+    n = o["faces"]
     lines += [
-        f"| distortion rate | {_pct(w['distortion_rate'])} ({w['distorted']}/{o['faces']}) "
-        f"| {_pct(f['distortion_rate'])} ({f['distorted']}/{o['faces']}) |",
-        f"| lost faces | {w['lost']} | {f['lost']} |",
-        f"| mean NLE (found faces) | {_num(w['mean_nle'])} | {_num(f['mean_nle'])} |",
-        f"| median NLE (found faces) | {_num(w['median_nle'])} | {_num(f['median_nle'])} |",
-        f"| face SSIM | {_num(w['mean_ssim'])} | {_num(f['mean_ssim'])} |",
-        f"| same person (descriptor distance < 0.6) | {_pct(w['same_person_rate'])} "
-        f"| {_pct(f['same_person_rate'])} |",
-        f"| mean descriptor distance | {_num(w['mean_identity'])} | {_num(f['mean_identity'])} |",
-        f"| skin tone CIEDE2000, median / max | {_num(w['median_skin_de'], 1)} / "
-        f"{_num(w['max_skin_de'], 1)} | {_num(f['median_skin_de'], 1)} / {_num(f['max_skin_de'], 1)} |",
-        f"| time per image | {_secs(w['time_per_image_s'])} | {_secs(f['time_per_image_s'])} |",
+        f"| distortion rate | {cells(lambda m: _rate(m, n))} |",
+        f"| lost faces | {cells(lambda m: str(m['lost']))} |",
+        f"| mean NLE (found faces) | {cells(lambda m: _num(m['mean_nle']))} |",
+        f"| median NLE (found faces) | {cells(lambda m: _num(m['median_nle']))} |",
+        f"| face SSIM | {cells(lambda m: _num(m['mean_ssim']))} |",
+        f"| same person (descriptor distance < 0.6) | {cells(lambda m: _pct(m['same_person_rate']))} |",
+        f"| mean descriptor distance | {cells(lambda m: _num(m['mean_identity']))} |",
+        f"| skin tone CIEDE2000, median / max | {cells(lambda m: _num(m['median_skin_de'], 1) + ' / ' + _num(m['max_skin_de'], 1))} |",
+        f"| time per image | {cells(lambda m: _secs(m['time_per_image_s']))} |",
         "",
-        f"Ratio of distortion rates (with / without): {_num(o['distortion_ratio'], 2)}. "
-        f"face2paint time overhead: {_num(o['overhead_pct'], 1)}%.", "",
+        f"Ratio of distortion rates, recipe / face model on the whole photo: "
+        f"{_num(o['distortion_ratio'], 2)}; recipe / plain paste: {_num(o['plain_ratio'], 2)}.", "",
         "## Per case", "",
-        "| case | images | faces | distorted without | distorted with | ratio | NLE without "
-        "| NLE with | SSIM without | SSIM with | time without | time with |",
-        "|---|" + "---|" * 11,
     ]
-    for case, c in s["per_case"].items():
-        w, f = c["without"], c["with"]
-        lines.append(
-            f"| {case} | {c['images']} | {c['faces']} | {_pct(w['distortion_rate'])} "
-            f"| {_pct(f['distortion_rate'])} | {_num(c['distortion_ratio'], 2)} "
-            f"| {_num(w['mean_nle'])} | {_num(f['mean_nle'])} | {_num(w['mean_ssim'])} "
-            f"| {_num(f['mean_ssim'])} | {_secs(w['time_per_image_s'])} "
-            f"| {_secs(f['time_per_image_s'])} |"
-        )
+    lines += _table("case", s["per_case"])
+    lines += ["## Per face size", ""]
+    lines += _table("face size", s["per_size"])
     lines += [
-        "", "## Per image", "",
-        "| image | faces | distorted without | distorted with | NLE without | NLE with "
-        "| time without | time with |",
-        "|---|---|---|---|---|---|---|---|",
+        "## Per image", "",
+        "| image | faces | " + " | ".join(f"distorted, {m}" for m in MODES)
+        + " | " + " | ".join(f"time, {m}" for m in MODES) + " |",
+        "|---|---|" + "---|" * (2 * len(MODES)),
     ]
     for r in report["images"]:
         if "error" in r:
-            lines.append(f"| {r['file']} | error: {r['error']} | | | | | | |")
+            lines.append(f"| {r['file']} | error: {r['error']} |" + " |" * (2 * len(MODES)))
             continue
         n = r["n_reference"]
-        cells = []
-        for mode in MODES:
-            ms = [fc[mode] for fc in r["faces"]]
-            cells.append((sum(m["distorted"] for m in ms), _mean(m["nle"] for m in ms)))
-        lines.append(
-            f"| {r['file']} | {n} | {cells[0][0]}/{n} | {cells[1][0]}/{n} "
-            f"| {_num(cells[0][1])} | {_num(cells[1][1])} | {_secs(r['time_s']['without'])} "
-            f"| {_secs(r['time_s']['with'])} |"
-        )
+        dist = [f"{sum(fc[m]['distorted'] for fc in r['faces'])}/{n}" for m in MODES]
+        times = [_secs(r["time_s"].get(m)) for m in MODES]
+        lines.append(f"| {r['file']} | {n} | " + " | ".join(dist + times) + " |")
     if s["failed"]:
         lines += ["", f"{len(s['failed'])} image(s) failed; see report.json."]
     return "\n".join(lines) + "\n"
@@ -487,7 +567,7 @@ def _collect_panels(rec, rgb, outputs, refs, rows, tiles, row_height, name) -> N
     """Keep only small copies: one contact-sheet row per image, one tile per face."""
     n = len(refs)
     panels, labels = [], [f"{name} ({n} face{'s' * (n != 1)})"]
-    for img in (rgb, outputs["without"], outputs["with"]):
+    for img in (rgb, *(outputs[m] for m in MODES)):
         panels.append(np.ascontiguousarray(_to_height(img, row_height)))
     for mode, p in zip(MODES, panels[1:]):
         s = row_height / rgb.shape[0]
@@ -506,7 +586,7 @@ def _collect_panels(rec, rgb, outputs, refs, rows, tiles, row_height, name) -> N
         half = 0.8 * max(face.width, face.height)
         m = np.float32([[64 / half, 0, 64 - cx * 64 / half], [0, 64 / half, 64 - cy * 64 / half]])
         crops = [cv2.warpAffine(img, m, (128, 128), flags=cv2.INTER_AREA, borderValue=_BG)
-                 for img in (rgb, outputs["without"], outputs["with"])]
+                 for img in (rgb, *(outputs[mode] for mode in MODES))]
         nles = [fc[mode]["nle"] for mode in MODES]
         text = f"{Path(name).stem[:14]}#{i} " + " ".join(
             "lost" if v is None else f"{v:.2f}" for v in nles)
@@ -514,7 +594,7 @@ def _collect_panels(rec, rgb, outputs, refs, rows, tiles, row_height, name) -> N
 
 
 def contact_sheet(rows: list[tuple[list[np.ndarray], list[str]]], row_height: int = 256) -> np.ndarray:
-    """Rows of input | without | with, each row row_height tall, GAP pixels around everything.
+    """Rows of input | each mode, each row row_height tall, GAP pixels around everything.
     Height is len(rows) * row_height + (len(rows) + 1) * GAP."""
     if not rows:
         return np.full((row_height + 2 * GAP, row_height + 2 * GAP, 3), _BG, np.uint8)
@@ -536,10 +616,11 @@ def contact_sheet(rows: list[tuple[list[np.ndarray], list[str]]], row_height: in
 
 def faces_sheet(tiles: list[tuple[list[np.ndarray], str, list[bool]]], per_row: int = 4,
                 max_tiles: int = 240) -> np.ndarray:
-    """Close-ups of each reference face (input | without | with, 128 px), with a red frame on
+    """Close-ups of each reference face (input | each mode, 128 px), with a red frame on
     the crops where the face counts as distorted, and the NLEs in the label."""
     tiles = tiles[:max_tiles]
-    tw, th = 3 * 128 + 2 * 2, 128 + 18
+    k = len(tiles[0][0]) if tiles else 1 + len(MODES)
+    tw, th = k * 128 + (k - 1) * 2, 128 + 18
     n_rows = math.ceil(len(tiles) / per_row)
     sheet = np.empty((n_rows * (th + GAP) + GAP, per_row * (tw + GAP) + GAP, 3), np.uint8)
     sheet[:] = _BG

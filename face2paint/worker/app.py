@@ -1,8 +1,9 @@
 """The Celery application: queues, routing and the reliability settings for long GPU tasks.
 
 This module imports no model code, so the API can enqueue tasks by name through it without
-torch installed. Each item runs as a chain detect -> parse -> stylize -> finalize, one queue
-per stage, so CPU workers take detect/parse/finalize and GPU workers take stylize.
+torch installed. Each item runs through detect -> parse -> stylize -> finalize, one queue per
+stage, so CPU workers take detect/parse/finalize and GPU workers take stylize; a worker that
+consumes several stage queues runs consecutive stages in one task (worker/tasks.py).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import json
 import logging
 from functools import lru_cache
 
-from celery import Celery, chain
+from celery import Celery
 
 from ..jobs.states import STAGES
 from ..settings import Settings, get_settings
 
 TASK_NAMES = {stage: f"face2paint.{stage}" for stage in STAGES}
+# Webhook deliveries (worker/webhooks.py): a queue of their own, so a slow receiver never
+# holds up a stage; the CPU workers take it.
+WEBHOOK_TASK, WEBHOOK_QUEUE = "face2paint.webhook", "webhooks"
 UNACKED_MUTEX_EXPIRE_S = 30
 log = logging.getLogger("face2paint.worker")
 
@@ -57,7 +61,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_ignore_result=True,
         task_serializer="json",
         accept_content=["json"],
-        task_routes={name: {"queue": stage} for stage, name in TASK_NAMES.items()},
+        task_routes={**{name: {"queue": stage} for stage, name in TASK_NAMES.items()},
+                     WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE}},
         task_default_queue="detect",
         task_time_limit=settings.stage_timeout_s,
         # The soft limit raises in the task so the stage can record a readable timeout; a
@@ -78,18 +83,48 @@ def celery_app() -> Celery:
     return make_celery()
 
 
-def item_chain(item_id: str, from_stage: str = "detect", app: Celery | None = None):
-    """The remaining stages of one item as a chain of immutable signatures, by task name."""
+def stage_signature(item_id: str, stage: str = "detect", app: Celery | None = None, **kwargs):
+    """One stage's task for one item, by task name. There is no chain: each stage publishes
+    the next itself once its attempt is committed, or runs it in the same task
+    (worker/tasks.py), so a message says where an item's run starts, not all of it."""
     app = app or celery_app()
-    stages = STAGES[STAGES.index(from_stage):]
-    return chain(
-        app.signature(TASK_NAMES[s], args=(item_id,), immutable=True, queue=s) for s in stages
-    )
+    return app.signature(TASK_NAMES[stage], args=(item_id,), kwargs=kwargs, queue=stage)
 
 
 def enqueue_items(item_ids: list[str], from_stage: str = "detect", app: Celery | None = None) -> None:
     for item_id in item_ids:
-        item_chain(item_id, from_stage, app).apply_async()
+        stage_signature(item_id, from_stage, app).apply_async()
+
+
+def enqueue_webhooks(delivery_ids: list[str], countdown: float | None = None,
+                     app: Celery | None = None) -> None:
+    """Send webhook deliveries to their queue (`countdown`: seconds before they run)."""
+    app = app or celery_app()
+    for delivery_id in delivery_ids:
+        app.send_task(WEBHOOK_TASK, args=(delivery_id,), queue=WEBHOOK_QUEUE, countdown=countdown)
+
+
+def publish_outbox_after_commit(sessions, app: Celery | None = None) -> None:
+    """Publish the webhook deliveries a session's transaction wrote (jobs/webhooks.py) once it
+    has committed, on every session of `sessions` (a sessionmaker). Best effort: a broker that
+    is down loses nothing, since the rows are committed and the sweeper sends them later."""
+    from sqlalchemy import event
+
+    from ..jobs.webhooks import forget_outbox, take_outbox
+
+    @event.listens_for(sessions, "after_commit")
+    def _publish(session):
+        ids = take_outbox(session)
+        if ids:
+            try:
+                enqueue_webhooks(ids, app=app)
+            except Exception:  # noqa: BLE001 - the sweeper publishes them again
+                log.warning("could not publish %d webhook deliveries; the sweeper will", len(ids),
+                            exc_info=True)
+
+    @event.listens_for(sessions, "after_soft_rollback")
+    def _forget(session, previous_transaction):
+        forget_outbox(session)
 
 
 def _stage_task_item(payload: dict) -> str | None:

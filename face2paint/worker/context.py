@@ -23,7 +23,11 @@ class Resources:
 
     @cached_property
     def _sessions(self):
-        return db.session_factory(db.make_engine(self.settings.resolved_database_url))
+        from .app import publish_outbox_after_commit
+
+        sessions = db.session_factory(db.make_engine(self.settings.resolved_database_url))
+        publish_outbox_after_commit(sessions)  # webhook deliveries, once their rows are committed
+        return sessions
 
     def session_scope(self):
         """A new session with one unit of work (jobs/__init__.py): committed when the block

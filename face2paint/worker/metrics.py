@@ -34,6 +34,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..jobs.states import STAGES
+
 log = logging.getLogger("face2paint.worker")
 
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
@@ -171,7 +173,8 @@ def stylize_batch(model: str, size: int) -> None:
 
 def _stage_of(task) -> str | None:
     name = getattr(task, "name", "") or ""
-    return name.rpartition(".")[2] if name.startswith("face2paint.") else None
+    stage = name.rpartition(".")[2] if name.startswith("face2paint.") else None
+    return stage if stage in STAGES else None  # the webhook task is no stage
 
 
 def _cpu_s() -> float:
@@ -184,18 +187,51 @@ def on_prerun(task=None, args=None, **_):
     if _metrics is None or stage is None:
         return
     _task.clear()
-    _task.update(stage=stage, item=args[0] if args else None, t0=time.perf_counter(),
-                 cpu0=_cpu_s(), wall0=time.time(), models={})
+    _begin_stage(stage, args[0] if args else None)
+
+
+def _begin_stage(stage: str, item_id: str | None) -> None:
+    _task.update(stage=stage, item=item_id, t0=time.perf_counter(), cpu0=_cpu_s(),
+                 wall0=time.time(), models={})
     _metrics.in_progress.labels(stage).inc()
+
+
+def resumed_at(stage: str) -> None:
+    """The task runs a later stage than its name says (a merged task redelivered after its
+    worker died, worker/tasks.py): count the run under the stage it really runs."""
+    if _metrics is None or not _task or _task.get("stage") == stage:
+        return
+    _metrics.in_progress.labels(_task["stage"]).dec()
+    _task["stage"] = stage
+    _metrics.in_progress.labels(stage).inc()
+
+
+def went_on(stage: str) -> None:
+    """The running stage succeeded and the same task goes on with `stage` (merged stages):
+    the finished one is recorded as if its task had ended, the next one begins."""
+    if _metrics is None or not _task:
+        return
+    item = _task.get("item")
+    _end_stage(_task["stage"], "SUCCESS")
+    _task.clear()
+    _begin_stage(stage, item)
 
 
 _OUTCOMES = {"SUCCESS": "succeeded", "IGNORED": "stopped", "RETRY": "retry", "FAILURE": "error"}
 
 
 def on_postrun(task=None, state=None, **_):
-    stage = _stage_of(task)
-    if _metrics is None or stage is None or _task.get("stage") != stage:
+    # The stage the task ran last: a merged task (worker/tasks.py) ends in a later stage than
+    # its name.
+    stage = _task.get("stage")
+    if _metrics is None or _stage_of(task) is None or stage is None:
         return
+    _end_stage(stage, state)
+    _gpu_memory()
+    _task.clear()
+
+
+def _end_stage(stage: str, state) -> None:
     m = _metrics
     seconds = time.perf_counter() - _task["t0"]
     m.in_progress.labels(stage).dec()
@@ -209,8 +245,6 @@ def on_postrun(task=None, state=None, **_):
         reason = _failed_here(_task["item"], _task["wall0"])
         if reason:
             m.failed.labels(stage, reason).inc()
-    _gpu_memory()
-    _task.clear()
 
 
 def _failed_here(item_id: str, since: float) -> str | None:
@@ -236,7 +270,7 @@ def _failed_here(item_id: str, since: float) -> str | None:
 
 
 def on_retry(sender=None, reason=None, **_):
-    stage = _stage_of(sender)
+    stage = _task.get("stage") or _stage_of(sender)
     if _metrics is None or stage is None:
         return
     from .tasks import is_outage

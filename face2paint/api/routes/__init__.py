@@ -4,7 +4,7 @@ A route takes what it needs as parameters (deps.py), runs its database work in
 `with unit_of_work(session):` blocks, and leaves domain errors to the handlers (errors.py).
 """
 
-from . import catalog, events, health, items, jobs, results, web
+from . import catalog, events, health, items, jobs, results, web, webhooks
 
 ROUTERS = (jobs.router, items.router, results.router, events.router, catalog.router,
-           health.router, web.router)
+           health.router, web.router, webhooks.router)

@@ -38,8 +38,9 @@ _DOC = {200: {"content": {"text/event-stream": {}}, "description": (
 
 def _snapshot(sessions, job_id: str, owner: str):
     with sessions() as session, unit_of_work(session):
-        job = schemas.job_out(get_job(session, job_id, owner))
+        job = get_job(session, job_id, owner)
         items = [schemas.item_out(i) for i in list_items(session, job_id, owner)]
+        job = schemas.job_out(job, schemas.job_models(items))
     return job, items
 
 

@@ -27,7 +27,7 @@ def job_items(job_id: JobId, session: SessionDep, owner: OwnerDep):
 
 
 @router.get("/jobs/{job_id}/items/{item_id}/result",
-            responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+            responses={**answers(409, 410), 200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
                        307: {"description": "presigned URL"}})
 def item_result(job_id: JobId, item_id: ItemId, session: SessionDep, owner: OwnerDep,
                 storage: StorageDep, settings: SettingsDep,
@@ -35,9 +35,10 @@ def item_result(job_id: JobId, item_id: ItemId, session: SessionDep, owner: Owne
                     "false: the API sends the bytes itself even on S3 (for a page's fetch(): a "
                     "cross-origin redirect drops its Authorization header and needs CORS)"))] = True):
     """The stylized image, named after its upload (`IMG_1.HEIC` gives `IMG_1.png`): a redirect
-    to a presigned URL on S3, or the file itself."""
+    to a presigned URL on S3, or the file itself. 409 while the item is pending; 410 with the
+    reason once it failed or was canceled, or after the job's retention period."""
     with unit_of_work(session):
-        key = get_result_key(session, job_id, item_id, owner)
+        key = get_result_key(session, job_id, item_id, owner, settings.retention_days)
         filename = get_item(session, job_id, item_id, owner).filename
     ext = extension_of(key)
     disposition = content_disposition(result_name(filename, ext))

@@ -7,11 +7,12 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response, StreamingResponse
 
 from ...jobs.db import unit_of_work
-from ...jobs.lookup import get_item, get_job, list_items
+from ...jobs.lookup import check_stored, get_item, get_job, list_items
 from ...jobs.states import ItemState
 from ...jobs.storage import ObjectNotFound
 from ..deps import ItemId, JobId, OwnerDep, SessionDep, SettingsDep, StorageDep
 from ..downloads import UniqueNames, content_disposition, extension_of, result_name
+from ..errors import answers
 from ..zipstream import MANIFEST, Member, stream_zip
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -22,14 +23,16 @@ _JPEG = {200: {"content": {"image/jpeg": {}}, "description": "the input as JPEG"
 _IMMUTABLE = "private, max-age=86400, immutable"
 
 
-@router.get("/jobs/{job_id}/results.zip", response_class=StreamingResponse, responses=_ZIP)
-def results_zip(job_id: JobId, session: SessionDep, owner: OwnerDep, storage: StorageDep):
+@router.get("/jobs/{job_id}/results.zip", response_class=StreamingResponse,
+            responses={**_ZIP, **answers(409, 410)})
+def results_zip(job_id: JobId, session: SessionDep, owner: OwnerDep, storage: StorageDep,
+                settings: SettingsDep):
     """Every succeeded item's result, named after its upload (`a.jpg` gives `a.png`; a second
     `a.jpg` gives `a (2).png`), and manifest.json: which upload each file came from, and the
     items without a result with their status and reason. Streamed from storage as it is sent.
     Ask again after the job finishes for the rest; 409 while no item has a result."""
     with unit_of_work(session):
-        job = get_job(session, job_id, owner)
+        job = check_stored(get_job(session, job_id, owner), settings.retention_days)
         items = list_items(session, job_id, owner)
         status = str(job.status)
         names = UniqueNames(reserved=(MANIFEST,))
@@ -52,7 +55,8 @@ def results_zip(job_id: JobId, session: SessionDep, owner: OwnerDep, storage: St
     )
 
 
-@router.get("/jobs/{job_id}/items/{item_id}/input", response_class=Response, responses=_JPEG)
+@router.get("/jobs/{job_id}/items/{item_id}/input", response_class=Response,
+            responses={**_JPEG, **answers(410)})
 def item_input(job_id: JobId, item_id: ItemId, session: SessionDep, owner: OwnerDep,
                storage: StorageDep, settings: SettingsDep):
     """The uploaded photo as the pipeline sees it, as JPEG: orientation applied, longest side at
@@ -62,6 +66,7 @@ def item_input(job_id: JobId, item_id: ItemId, session: SessionDep, owner: Owner
 
     with unit_of_work(session):
         item = get_item(session, job_id, item_id, owner)
+        check_stored(item.job, settings.retention_days)
         key, filename = item.input_key, item.filename
     try:
         data = storage.get_bytes(key)

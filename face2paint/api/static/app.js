@@ -319,6 +319,13 @@ async function pollJob(jobId, signal, why) {
   }
 }
 
+function progressText(p) {
+  let text = `${p.done}/${p.total} done`;
+  if (p.failed) text += `, ${p.failed} failed`;
+  if (p.canceled) text += `, ${p.canceled} canceled`;
+  return text;
+}
+
 function renderJob(job) {
   const ended = TERMINAL.has(job.status) && !(state.job && state.job.id === job.id && TERMINAL.has(state.job.status));
   state.job = job;
@@ -326,10 +333,15 @@ function renderJob(job) {
   const p = job.progress;
   $("job-status").textContent = job.status.replace("_", " ");
   $("job-status").className = `status ${job.status}`;
-  $("job-counts").textContent =
-    `${p.done}/${p.total} done · ${job.succeeded} succeeded · ${job.failed} failed · ${job.canceled} canceled`;
+  // Counted apart: a canceled job never reads "16/16 done".
+  const parts = [`${p.done}/${p.total} done`];
+  if (p.failed) parts.push(`${p.failed} failed`);
+  if (p.canceled) parts.push(`${p.canceled} canceled`);
+  if (p.pending) parts.push(`${p.pending} pending`);
+  const models = Object.entries(job.models || {}).map(([role, ids]) => `${role}: ${ids.join(", ")}`);
+  $("job-counts").textContent = parts.join(" · ") + (models.length ? ` — models ${models.join("; ")}` : "");
   $("job-progress").max = Math.max(1, p.total);
-  $("job-progress").value = p.done;
+  $("job-progress").value = p.total - p.pending;
   $("job-error").hidden = !job.error;
   $("job-error").textContent = job.error || "";
   $("zip").disabled = job.succeeded === 0;
@@ -464,7 +476,7 @@ async function loadJobs(page) {
   tbody.replaceChildren(...data.jobs.map((job) => {
     const tr = document.createElement("tr");
     const cells = [new Date(job.created_at).toLocaleString(), job.status.replace("_", " "),
-      `${job.progress.done}/${job.progress.total}`, job.options.style || "default"];
+      progressText(job.progress), job.options.style || "default"];
     for (const text of cells) {
       const td = document.createElement("td");
       td.textContent = text;

@@ -184,8 +184,11 @@ class _ImageGenerator:
     def _run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def __call__(self, rgb_uint8: np.ndarray) -> np.ndarray:
-        img = rgb_uint8
+    # Graphs whose batch dimension is free take a stack of same-size inputs in one run
+    # (`batch`); the others run them one by one.
+    batchable = False
+
+    def _input(self, img: np.ndarray) -> np.ndarray:
         if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) RGB array, got "
                              f"{getattr(img, 'shape', type(img))}")
@@ -205,13 +208,36 @@ class _ImageGenerator:
         else:
             side = max(h, w)
             x = _resize(_pad_reflect(img, side - h, side - w), *self.fixed_hw)
-        x = x.astype(np.float32)[None] / 127.5 - 1.0
+        return x.astype(np.float32) / 127.5 - 1.0
+
+    def batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Stylize many images: same-size ones in one run where the graph's batch dimension
+        is free, else one by one; the same outputs as calling the generator on each."""
+        if not self.batchable or len(images) < 2:
+            return [self(im) for im in images]
+        out: list[np.ndarray | None] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(tuple(im.shape), []).append(i)
+        for idx in groups.values():
+            x = np.stack([self._input(images[i]) for i in idx])
+            with self._lock:
+                y = self._run(np.ascontiguousarray(x))
+            for k, i in enumerate(idx):
+                out[i] = self._output(y[k], x.shape[1:], *images[i].shape[:2])
+        return out  # type: ignore[return-value]
+
+    def __call__(self, rgb_uint8: np.ndarray) -> np.ndarray:
+        x = self._input(rgb_uint8)[None]
         with self._lock:
             y = self._run(np.ascontiguousarray(x))[0]
-        if y.shape[:2] != x.shape[1:3] or y.ndim != 3 or y.shape[2] != 3:
+        return self._output(y, x.shape[1:], *rgb_uint8.shape[:2])
+
+    def _output(self, y: np.ndarray, in_shape, h: int, w: int) -> np.ndarray:
+        if y.shape[:2] != tuple(in_shape[:2]) or y.ndim != 3 or y.shape[2] != 3:
             # e.g. a graph with a baked output size that was not patched: never crop silently
             raise RuntimeError(f"{self.model_id}: model returned {y.shape} for input "
-                               f"{x.shape[1:]}")
+                               f"{tuple(in_shape)}")
         y = np.clip((y + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
         if self.fixed_hw is not None:
             side = max(h, w)
@@ -333,6 +359,7 @@ class OnnxGenerator(_ImageGenerator):
         self._hw = (512, 512) if self._dynamic else (int(hw[0]), int(hw[1]))
         self._in_name = inp.name
         self._in_dtype = session.input_dtype()
+        self.batchable = not (isinstance(shape[0], int) and shape[0] > 0)
         super().__init__(model_id, color, size, pad_multiple)
 
     def _native_hw(self) -> tuple[int, int]:

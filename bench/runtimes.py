@@ -39,7 +39,7 @@ START, END = "<!-- runtimes:start -->", "<!-- runtimes:end -->"
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else round(10 * np.log10(255.0 ** 2 / mse), 1)
+    return 99.0 if mse == 0 else round(float(10 * np.log10(255.0 ** 2 / mse)), 1)
 
 
 def crops(size: int) -> list[np.ndarray]:
@@ -156,7 +156,83 @@ def bench_model(label: str, engines, images, rounds: int, warmup: int) -> dict:
     row = {"model": label, "seconds": med, "ratio_to_ort": ratio, "psnr_vs_fp32": quality,
            "psnr_reference": ref_name, "runtime_used": {n: r for n, _, r in engines}, "best": best}
     if best:
-        row["target_met"] = ratio[best] >= TARGET_SPEEDUP and quality[best] >= TARGET_PSNR
+        row["target_met"] = bool(ratio[best] >= TARGET_SPEEDUP and quality[best] >= TARGET_PSNR)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def bench_detect_parse(threads: int, rounds: int, warmup: int) -> list[dict]:
+    """RetinaFace (ONNX) on ONNX Runtime and OpenVINO, BiSeNet (int8 TFLite) on LiteRT and on
+    OpenVINO's TFLite reader, on a real photo, interleaved like the generators; the agreement of
+    their outputs (detections: same count and boxes within 2 px; labels: share of equal pixels)."""
+    import cv2
+
+    from face2paint.models.detect import RetinaFaceDetector
+    from face2paint.models.image_io import load_image
+    from face2paint.models.parse import BiSeNetParser
+    from face2paint.models.registry import Registry
+    from face2paint.models.sessions import LiteRTSession, RuntimeOptions, open_session
+
+    reg = Registry()
+    rows = []
+    photo = load_image(FACES / "if_friends_t1.jpg").rgb  # 1280 x 886, 6 faces
+    det_spec = reg.resolve("retinaface-mnet025")
+    dets = {}
+    for name, engine in (("ort", "onnxruntime"), ("ov_fp32", "openvino")):
+        s = open_session("onnxruntime", det_spec.path, RuntimeOptions(threads=threads, engine=engine,
+                                                                      precision="fp32"))
+        dets[name] = RetinaFaceDetector(s, "retinaface-mnet025")
+    engines = [(k, (lambda d=d: d.detect(photo)), d.session.runtime_used) for k, d in dets.items()]
+    row = _timed("detect: retinaface-mnet025 (1280x886 photo)", engines, rounds, warmup)
+    boxes = {k: np.array([f.box for f in d.detect(photo)]) for k, d in dets.items()}
+    same = boxes["ort"].shape == boxes["ov_fp32"].shape and (
+        boxes["ort"].size == 0 or float(np.abs(boxes["ort"] - boxes["ov_fp32"]).max()) <= 2.0)
+    row["agreement"] = f"{len(boxes['ort'])} faces on both, boxes within 2 px: {same}"
+    rows.append(row)
+
+    parse_spec = reg.resolve("bisenetv2-celebamaskhq-448-int8")
+    crop = np.ascontiguousarray(cv2.resize(photo[:448, :448], (448, 448)))
+    lite = BiSeNetParser(LiteRTSession(parse_spec.path, RuntimeOptions(threads=threads)))
+    x = ((crop.astype(np.float32) - 127.5) / 127.5)[None]
+    engines = [("litert", lambda: lite.parse(crop, np.array([[150, 200], [300, 200], [225, 280],
+                                                                   [170, 350], [280, 350]], np.float32)),
+                "LiteRT CPU int8")]
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(parse_spec.path)), "CPU",
+                                      {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                                       "PERFORMANCE_HINT": "LATENCY"})
+        req = compiled.create_infer_request()
+        engines.append(("ov_fp32", lambda: req.infer({0: x}), "OpenVINO CPU (reads the .tflite)"))
+    except Exception as exc:  # OpenVINO absent or its TFLite reader refuses the graph
+        print(f"parse on OpenVINO: {exc}", flush=True)
+    row = _timed("parse: bisenetv2-celebamaskhq-448-int8 (448² input)", engines, rounds, warmup,
+                 base="litert")
+    if len(engines) > 1:
+        lite._interp.set_tensor(lite._in_index, x)
+        lite._interp.invoke()
+        a = np.asarray(lite._interp.get_tensor(lite._out_index)).reshape(448, 448)
+        b = np.asarray(req.infer({0: x})[0]).reshape(448, 448)
+        row["agreement"] = f"{float((a == b).mean()) * 100:.1f}% of labels equal"
+    rows.append(row)
+    return rows
+
+
+def _timed(label, engines, rounds, warmup, base="ort") -> dict:
+    for _ in range(warmup):
+        for _, fn, _ in engines:
+            fn()
+    times = {name: [] for name, _, _ in engines}
+    for _ in range(rounds):
+        for name, fn, _ in engines:
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: round(statistics.median(v), 4) for k, v in times.items()}
+    row = {"model": label, "seconds": med, "ratio_to_base": {k: round(med[base] / v, 2) for k, v in med.items()},
+           "runtime_used": {n: r for n, _, r in engines}}
     print(json.dumps(row), flush=True)
     return row
 
@@ -188,6 +264,13 @@ def table(meta: dict, rows: list[dict], size: int, threads: int) -> str:
         lines.append(f"| {r['model']} | {cell(r, 'ort')} | {cell(r, 'ov_fp32')} | {cell(r, 'ov_bf16')} | "
                      f"{cell(r, 'litert')} | {cell(r, 'torch')} | "
                      f"{'–' if q is None else f'{q:.1f} dB'} | {mark} |")
+    extra = meta.get("detect_parse") or []
+    if extra:
+        lines += ["", "| detection / parsing | engines (seconds, ratio to the first) | outputs |", "|---|---|---|"]
+        for r in extra:
+            cells = ", ".join(f"{r['runtime_used'][k]} {v:.3f} s ({r['ratio_to_base'][k]:.2f}×)"
+                              for k, v in r["seconds"].items())
+            lines.append(f"| {r['model']} | {cells} | {r.get('agreement', '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -212,7 +295,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--models", default="", help="comma-separated ids (default: every generator present)")
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--only-detect-parse", action="store_true")
+    ap.add_argument("--from-json", type=Path, help="only rebuild the docs table from a report")
     args = ap.parse_args()
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+        md = table(report["meta"], report["rows"], report["meta"]["size"], report["meta"]["threads"])
+        print(md)
+        if not args.no_docs:
+            write_docs(md, args.docs)
+        return
 
     from face2paint.models.registry import MODELS, ModelUnavailable, Registry
 
@@ -220,7 +312,8 @@ def main() -> None:
     images = crops(args.size)
     wanted = {m for m in args.models.split(",") if m}
     rows = []
-    for spec in MODELS:
+    detect_parse = bench_detect_parse(args.threads, args.rounds + 4, args.warmup)
+    for spec in [] if args.only_detect_parse else MODELS:
         if spec.stage != "stylize" or spec.runtime not in ("onnxruntime", "tflite"):
             continue
         if wanted and spec.id not in wanted:
@@ -241,9 +334,10 @@ def main() -> None:
 
     meta = {**machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "size": args.size,
             "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup,
-            "crops": len(images)}
+            "crops": len(images), "detect_parse": detect_parse}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "runtimes.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    name = "runtimes_detect_parse.json" if args.only_detect_parse else "runtimes.json"
+    (args.out / name).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     md = table(meta, rows, args.size, args.threads)
     print(md)
     if not args.no_docs:

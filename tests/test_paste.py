@@ -56,3 +56,5 @@ def test_faces_are_stylized_at_their_own_resolution():
     assert helper.work_size(np.array([[2.0, 0, 0], [0, 2.0, 0]])) == 512
     assert helper.work_size(np.array([[0.1, 0, 0], [0, 0.1, 0]])) == 256  # the default minimum
     assert FaceHelper(Params(face_min_size=128)).work_size(np.array([[0.1, 0, 0], [0, 0.1, 0]])) == 128
+    # A face of 300 photo pixels across the crop: the next step up (384), not 512.
+    assert helper.work_size(np.array([[300 / 512, 0, 0], [0, 300 / 512, 0]])) == 384

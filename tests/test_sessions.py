@@ -284,3 +284,22 @@ def test_openvino_bf16_is_within_40db_of_fp32_on_a_real_crop(file, model_id):
 
 def cpu_has_bf16_here() -> bool:
     return sessions.cpu_has_bf16()
+
+
+@needs_openvino
+@pytest.mark.parametrize("file, model_id, multiple", [("AnimeGANv3_tiny_Cute.onnx", "animeganv3-cute", 16),
+                                                      ("AnimeGANv3_Hayao_36_fp16.onnx", "animeganv3-hayao", 8)])
+def test_v3_models_take_any_size_through_openvino(file, model_id, multiple):
+    """Odd sizes are reflect-padded to the model's multiple and cropped back; tiny images (a
+    14x25 GIF) are padded up to a minimum side, where OpenVINO would refuse a 1-pixel reflect pad."""
+    if not (MODELS / file).is_file():
+        pytest.skip(f"no {file} in {MODELS}")
+    from face2paint.models.generators.tflite import OnnxGenerator
+
+    s = open_session("onnxruntime", MODELS / file, RuntimeOptions(threads=1), model_id=model_id)
+    gen = OnnxGenerator(s, model_id, pad_multiple=multiple)
+    rng = np.random.default_rng(0)
+    for hw in ((14, 25), (37, 70), (121, 83)):
+        img = rng.integers(0, 256, (*hw, 3), np.uint8)
+        out = gen(img)
+        assert out.shape == img.shape and out.dtype == np.uint8

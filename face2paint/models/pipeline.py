@@ -227,7 +227,7 @@ class Face2Paint:
                 )
                 # Refined at the face's work size with only the masks the parameters use
                 # (refine.refine_at), returned at the crop's size.
-                a.refined = refine_at(a.crop, a.labels, p, a.flags, size=helper.work_size(a.inverse),
+                a.refined = refine_at(a.crop, a.labels, p, a.flags, size=helper.work_size(a.inverse, self._face_option("face_work_size")),
                                       smooth=p.parsing_smooth)
                 a.paste_mask = helper.paste_mask(a.labels)
                 if getattr(self.parser, "supports_flags", True):  # real parsing regions only

@@ -19,6 +19,15 @@ A new option (an engine preference, a device id) is a new `RuntimeOptions` field
 cache keys loaded models by these options, so it needs nothing else. Graph I/O dtypes and
 shapes are read from the model itself (`OrtSession.input_dtype`), not assumed.
 
+Selection (`SESSIONS`, first match wins): ONNX files run on TensorRT, then CUDA, where the
+device is cuda and onnxruntime has those providers; on the CPU on OpenVINO (bf16 where
+/proc/cpuinfo has avx512_bf16 or amx_bf16, `resolved_precision`), then ONNX Runtime's CPU
+provider. `RuntimeOptions.engine` (Settings.model_runtime) names a preferred engine. A class
+that is not installed, lacks its provider or fails to compile the graph is skipped with one
+warning line naming why, kept in the session's `fallback_reason`; `describe()` and
+`runtime_used` say what actually runs ("OpenVINO CPU bf16 cpu threads=2"). A GPU device never
+falls back to the CPU: that is an error naming the model and the missing provider.
+
 Runtime packages are imported inside the classes: importing this module costs nothing, and the
 API, which has none of them installed, may import the registry that imports it.
 """
@@ -374,6 +383,10 @@ class LiteRTSession(Session):
 
     runtime = "tflite"
     label = "LiteRT CPU"
+
+    @property
+    def runtime_used(self) -> str:
+        return "LiteRT CPU (the file's own types: int8, fp16 or fp32)"
 
     def __init__(self, source: str | Path | bytes, options: RuntimeOptions):
         super().__init__(options)

@@ -135,6 +135,9 @@ class TFLiteGraph:
 # Shared pre/post-processing
 
 
+MIN_SIDE = 64  # smallest side a resizable generator is run at (see _ImageGenerator.__call__)
+
+
 def _pad_reflect(img: np.ndarray, ph: int, pw: int) -> np.ndarray:
     if not (ph or pw):
         return img
@@ -195,8 +198,13 @@ class _ImageGenerator:
         if self.color == "BGR":
             img = img[:, :, ::-1]
         if self.fixed_hw is None:
+            # Up to a multiple of pad_multiple, and at least MIN_SIDE: the generators downsample
+            # 4-16x, and a side that shrinks to 1 px fails their reflect pads (OpenVINO refuses
+            # it outright); the padding is cropped off again.
             m = self.pad_multiple
-            x = _pad_reflect(img, (-h) % m, (-w) % m)
+            th = max(h + (-h) % m, MIN_SIDE + (-MIN_SIDE) % m)
+            tw = max(w + (-w) % m, MIN_SIDE + (-MIN_SIDE) % m)
+            x = _pad_reflect(img, th - h, tw - w)
         else:
             side = max(h, w)
             x = _resize(_pad_reflect(img, side - h, side - w), *self.fixed_hw)

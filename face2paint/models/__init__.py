@@ -5,7 +5,9 @@ runtime is created (sessions.py: ONNX Runtime, LiteRT, torch, OpenCV; threads, d
 precision from Settings), building a model's wrapper (loaders.py) and keeping it loaded once
 per process (cache.py, keyed by model id and runtime options), the networks' wrappers
 (detect.py, parse.py, generators/), the face round trip (face.py: align, work size, paste mask,
-paste back), refinement (refine.py), image I/O (image_io.py), and the pipeline over them
+paste back, seam matching), refinement (refine.py), keeping the person through a face model
+(keep.py: skin tone, glasses, beard), the style presets (presets.py: data, no runtime), image
+I/O (image_io.py), and the pipeline over them
 (pipeline.py: one method per stage, models taken lazily by stage, parameters per call).
 
 May import: numpy, Pillow, OpenCV and the runtime packages (lazily, where a model runs),

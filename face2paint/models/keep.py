@@ -31,9 +31,9 @@ SKIN_LABELS = ("skin", "nose", "l_ear", "r_ear", "neck")
 GLASSES_KEEP = 0.85
 BEARD_KEEP = 0.7
 # Beard: lower-face pixels this much darker (CIELAB L) than the cheeks ...
-BEARD_DARKER_L = 14.0
+BEARD_DARKER_L = 18.0
 # ... covering at least this share of the lower face, else there is no beard (stubble shadow).
-BEARD_MIN_FRACTION = 0.12
+BEARD_MIN_FRACTION = 0.3
 
 
 def _lab(rgb: np.ndarray) -> np.ndarray:
@@ -57,8 +57,8 @@ def _disk(r: int) -> np.ndarray:
 
 
 def beard_mask(crop: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """0/1 uint8: the beard, or all zeros. Below the nose tip, inside the dilated face, not lips,
-    mouth or hair, darker than the cheeks by BEARD_DARKER_L."""
+    """0/1 uint8: the beard, or all zeros. Skin below the nose, darker than the cheeks by
+    BEARD_DARKER_L over at least BEARD_MIN_FRACTION of it."""
     s = crop.shape[0]
     face = label_mask(labels, ("skin", "nose", "mouth", "u_lip", "l_lip"))
     cheeks = label_mask(labels, ("skin",)) > 0
@@ -74,8 +74,10 @@ def beard_mask(crop: np.ndarray, labels: np.ndarray, landmarks: np.ndarray) -> n
     if ref.sum() < 50:
         return np.zeros(labels.shape, np.uint8)
     cheek_l = float(np.median(L[ref]))
-    region = cv2.dilate(face, _disk(0.04 * s)) > 0
-    region &= label_mask(labels, ("mouth", "u_lip", "l_lip", "hair", "eye_g")) == 0
+    # Only what the parser calls skin: beards are parsed as skin, while the shadow under the
+    # chin is neck and a dark collar cloth (both gave Grace Hopper a beard).
+    region = cv2.dilate(label_mask(labels, ("skin",)), _disk(0.005 * s)) > 0
+    region &= label_mask(labels, ("mouth", "u_lip", "l_lip", "hair", "eye_g", "neck", "cloth")) == 0
     region[: int(max(0, nose_y + 0.25 * (lm[3:, 1].mean() - nose_y)))] = False
     dark = region & (L < cheek_l - BEARD_DARKER_L)
     dark = cv2.morphologyEx(dark.astype(np.uint8), cv2.MORPH_OPEN, _disk(0.006 * s))

@@ -200,7 +200,8 @@ def evaluate(
     built per input size, and otherwise whichever mode runs first would pay for building them,
     which is not what face2paint costs.
     """
-    params = params or Params()
+    # The style preset's own defaults (sketch: skin_tone off), as a job of that style gets them.
+    params = params or (pipe.params_for() if hasattr(pipe, "params_for") else Params())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []

@@ -278,5 +278,8 @@ def test_bryandlee_checkpoint_runs_through_pull_resolution_and_loading(tmp_path,
         ref = _reference_forward(sd, x)[0].permute(1, 2, 0).numpy()
     ref = np.clip(np.round((ref + 1) * 127.5), 0, 255)
     assert out.shape == crop.shape and out.dtype == np.uint8
-    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    # The loader runs the ONNX export on the selected runtime (OpenVINO bf16 on a BF16 CPU),
+    # so compare by PSNR, the reduced-precision bar, not to the grey level.
+    mse = float(np.mean((out.astype(np.float64) - ref.astype(np.float64)) ** 2))
+    assert mse == 0 or 10 * np.log10(255 ** 2 / mse) >= 40, mse
     assert out.std() > 5  # random weights still give a structured image, not a constant

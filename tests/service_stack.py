@@ -28,6 +28,47 @@ def fresh_database(pg_url: str) -> str:
     return url.set(database=name).render_as_string(hide_password=False)
 
 
+@contextlib.contextmanager
+def in_process_api(request, tmp_path, monkeypatch, prefix: str):
+    """The API in process (TestClient, as owner alice; `client.other_key` is mallory's) over
+    SQLite and a local directory under tmp_path, or, when request.param is "s3", over a fresh
+    PostgreSQL database and the S3 server under `prefix`. Yields (client, app, s3 or None)."""
+    from fastapi.testclient import TestClient
+
+    from face2paint.api.app import create_app
+    from face2paint.jobs.api_keys import create_api_key
+    from face2paint.jobs.db import session_scope
+    from face2paint.jobs.migrate import upgrade
+    from face2paint.settings import Settings
+
+    monkeypatch.setenv("FACE2PAINT_HOME", str(tmp_path))
+    monkeypatch.setenv("FACE2PAINT_BROKER_URL", "memory://")
+    monkeypatch.setenv("FACE2PAINT_RATE_LIMIT_PER_MINUTE", "0")
+    for var in ("FACE2PAINT_DATABASE_URL", "FACE2PAINT_STORAGE_URL", "FACE2PAINT_S3_ENDPOINT_URL",
+                "FACE2PAINT_RETENTION_DAYS"):
+        monkeypatch.delenv(var, raising=False)
+    s3 = None
+    if request.param == "s3":
+        pg_url, s3 = request.getfixturevalue("pg_url"), request.getfixturevalue("s3")
+        monkeypatch.setenv("FACE2PAINT_DATABASE_URL", fresh_database(pg_url))
+        for k, v in s3.env(prefix=prefix).items():
+            monkeypatch.setenv(k, v)
+    settings = Settings()
+    upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    sessions = session_factory(engine)
+    with session_scope(sessions) as s:
+        key, other = create_api_key(s, "alice"), create_api_key(s, "mallory")
+    app = create_app(settings, sweeper=False)
+    try:
+        with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
+            client.kind, client.sessions, client.other_key = request.param, sessions, other
+            client.settings, client.storage = settings, app.state.storage
+            yield client, app, s3
+    finally:
+        engine.dispose()
+
+
 def redis_db(redis_url: str) -> str:
     return urlsplit(redis_url)._replace(path=f"/{next(_redis_db)}").geturl()
 

@@ -14,19 +14,14 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from face2paint.api.app import create_app
 from face2paint.api.sweeper import retention_once
-from face2paint.jobs.api_keys import create_api_key
 from face2paint.jobs.db import Item, Job, make_engine, session_factory, session_scope, utcnow
 from face2paint.jobs.keys import artifact_key, result_key
-from face2paint.jobs.migrate import upgrade
 from face2paint.jobs.stages import begin_stage, fail_item, finish_stage
 from face2paint.jobs.states import STAGES
-from face2paint.settings import Settings
-from tests.service_stack import fresh_database
+from tests.service_stack import in_process_api
 
 
 def _png(color) -> bytes:
@@ -37,30 +32,8 @@ def _png(color) -> bytes:
 
 @pytest.fixture(params=["s3", "local"])
 def api(request, tmp_path, monkeypatch):
-    monkeypatch.setenv("FACE2PAINT_HOME", str(tmp_path))
-    monkeypatch.setenv("FACE2PAINT_BROKER_URL", "memory://")
-    monkeypatch.setenv("FACE2PAINT_RATE_LIMIT_PER_MINUTE", "0")
-    for var in ("FACE2PAINT_DATABASE_URL", "FACE2PAINT_STORAGE_URL", "FACE2PAINT_S3_ENDPOINT_URL",
-                "FACE2PAINT_RETENTION_DAYS"):
-        monkeypatch.delenv(var, raising=False)
     prefix = f"t-{uuid.uuid4().hex[:8]}"
-    s3 = None
-    if request.param == "s3":
-        pg_url, s3 = request.getfixturevalue("pg_url"), request.getfixturevalue("s3")
-        monkeypatch.setenv("FACE2PAINT_DATABASE_URL", fresh_database(pg_url))
-        for k, v in s3.env(prefix=prefix).items():
-            monkeypatch.setenv(k, v)
-    settings = Settings()
-    upgrade(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
-    sessions = session_factory(engine)
-    with session_scope(sessions) as s:
-        key, other = create_api_key(s, "alice"), create_api_key(s, "mallory")
-    app = create_app(settings, sweeper=False)
-    with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
-        client.sessions, client.other_key, client.settings = sessions, other, settings
-        client.storage = app.state.storage
-
+    with in_process_api(request, tmp_path, monkeypatch, prefix) as (client, _, s3):
         def objects(job_id: str) -> list[str]:
             """What the bucket (or directory) really holds under the job's prefix."""
             if s3 is None:
@@ -71,7 +44,6 @@ def api(request, tmp_path, monkeypatch):
 
         client.objects = objects
         yield client
-    engine.dispose()
 
 
 def _submit(api, n=3):

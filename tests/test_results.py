@@ -14,22 +14,17 @@ import zipfile
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from face2paint.api.app import create_app
 from face2paint.api.zipstream import Member, stream_zip
-from face2paint.jobs.api_keys import create_api_key
-from face2paint.jobs.db import Item, make_engine, session_factory, session_scope
+from face2paint.jobs.db import Item, session_scope
 from face2paint.jobs.keys import result_key
-from face2paint.jobs.migrate import upgrade
 from face2paint.jobs.stages import begin_stage, finish_stage
 from face2paint.jobs.states import STAGES
 from face2paint.jobs.storage import LocalStorage
 from face2paint.models import image_io  # noqa: F401 - registers the HEIF opener
-from face2paint.settings import Settings
 from tests.helpers import astronaut_path
-from tests.service_stack import fresh_database
+from tests.service_stack import in_process_api
 
 
 def _image(color, size=(40, 30), fmt="PNG") -> bytes:
@@ -40,28 +35,8 @@ def _image(color, size=(40, 30), fmt="PNG") -> bytes:
 
 @pytest.fixture(params=["local", "s3"])
 def api(request, tmp_path, monkeypatch):
-    monkeypatch.setenv("FACE2PAINT_HOME", str(tmp_path))
-    monkeypatch.setenv("FACE2PAINT_BROKER_URL", "memory://")
-    monkeypatch.setenv("FACE2PAINT_RATE_LIMIT_PER_MINUTE", "0")
-    for var in ("FACE2PAINT_DATABASE_URL", "FACE2PAINT_STORAGE_URL", "FACE2PAINT_S3_ENDPOINT_URL"):
-        monkeypatch.delenv(var, raising=False)
-    if request.param == "s3":
-        pg_url, s3 = request.getfixturevalue("pg_url"), request.getfixturevalue("s3")
-        monkeypatch.setenv("FACE2PAINT_DATABASE_URL", fresh_database(pg_url))
-        for k, v in s3.env(prefix=f"t-{uuid.uuid4().hex[:8]}").items():
-            monkeypatch.setenv(k, v)
-    settings = Settings()
-    upgrade(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
-    sessions = session_factory(engine)
-    with session_scope(sessions) as s:
-        key, other = create_api_key(s, "alice"), create_api_key(s, "mallory")
-    app = create_app(settings, sweeper=False)
-    with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
-        client.kind, client.sessions, client.other_key = request.param, sessions, other
-        client.storage = app.state.storage
+    with in_process_api(request, tmp_path, monkeypatch, f"t-{uuid.uuid4().hex[:8]}") as (client, _, _s3):
         yield client
-    engine.dispose()
 
 
 def _submit(api, files):

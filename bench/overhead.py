@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.docs_block import write_block  # noqa: E402 - after the path
+
 FACES = ROOT.parent / "shared" / "faces"
 CROWD_MIN_FACES = 10
 TARGET = 0.35
@@ -120,14 +122,7 @@ def table(meta: dict, results: list[dict]) -> str:
 
 
 def write_docs(md: str, docs: Path) -> None:
-    text = docs.read_text()
-    block = f"{START}\n{md}{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## face2paint's cost per preset\n\n" + block + "\n"
-    docs.write_text(text)
+    write_block(docs, START, END, md, "face2paint's cost per preset")
 
 
 def main() -> None:

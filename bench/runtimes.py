@@ -28,6 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.docs_block import write_block  # noqa: E402 - after the path
+
 FACES = ROOT.parent / "shared" / "faces"
 # Real photos with a face that fills a 512² crop: (file, (x, y, side) of the crop, or None: all).
 CROPS = (("sk_astronaut.png", (70, 0, 300)), ("fp_celebahq_116.png", None),
@@ -275,14 +277,7 @@ def table(meta: dict, rows: list[dict], size: int, threads: int) -> str:
 
 
 def write_docs(md: str, docs: Path) -> None:
-    text = docs.read_text()
-    block = f"{START}\n{md}{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Runtimes per generator (CPU)\n\n" + block + "\n"
-    docs.write_text(text)
+    write_block(docs, START, END, md, "Runtimes per generator (CPU)")
 
 
 def main() -> None:

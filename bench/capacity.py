@@ -6,8 +6,10 @@
 
 What is simulated (docs/SCALING.md has the assumptions and their sources):
 
-- each photo runs detect -> parse -> stylize -> finalize, one Celery task per stage, each stage
-  on its own queue (a FIFO list); a stage's task is published when the stage before ends;
+- each photo runs detect -> parse -> stylize -> finalize, each stage on its own queue (a FIFO
+  list); a stage's task is published when the stage before ends, unless the worker that ran it
+  also consumes the next stage's queue: then it runs that stage in the same task (merged
+  stages, as worker/tasks.py does), never into stylize when stylize batches;
 - a worker process runs one task at a time (prefetch multiplier 1 with late acks: the task it
   runs is its one unacknowledged message; `--prefetch N` lets it reserve N more, which then
   wait behind it), and takes from its queues like kombu's Redis transport: the first non-empty
@@ -49,11 +51,13 @@ GPU_QUEUES = ("stylize",)
 RESULTS = Path(__file__).resolve().parent / "results"
 MAX_SIDE = 1920            # FACE2PAINT_MAX_SIDE: photos are capped before any model runs
 BACKGROUND_MAX_SIDE = 1024  # Params.background_max_side
-# Parsing and refinement per processed face, from docs/BENCHMARKS.md ("face2paint's own
-# cost": ≈0.15 s per face besides the generator pass); stages.json has the parser alone.
-PARSE_PER_FACE_S = 0.15
-# Paste-back, post-processing and the result PNG, per megapixel of output (docs/BENCHMARKS.md:
-# PNG encoding alone is 25-35 ms per 512² image).
+# Parsing, refinement and keep per processed face with the anime preset (JP_face framing at
+# 512 px): the parse stage's run time in the capacity check's calibration (capacity.json).
+PARSE_PER_FACE_S = 0.44
+# Paste-back, post-processing and the result PNG: per face (the check's calibration: 0.14 s
+# for a 512² photo with one face) and per megapixel of output (docs/BENCHMARKS.md: PNG
+# encoding alone is 25-35 ms per 512² image).
+FINALIZE_PER_FACE_S = 0.10
 FINALIZE_PER_MPIX_S = 0.15
 
 
@@ -106,8 +110,9 @@ def _interp(points: list[tuple[float, float]], x: float) -> float:
 class BenchmarkModel:
     """Stage costs from bench/results/stages.json and e2e.json, for photos of any size."""
 
-    def __init__(self, stages: dict, e2e: dict, *, stylizer: str = "animeganv2-hayao-int8",
-                 detector: str = "retinaface-mnet025", face_px: int = 256, cores: int = 2,
+    def __init__(self, stages: dict, e2e: dict, *, stylizer: str = "animeganv3-hayao",
+                 face_stylizer: str | None = "animeganv3-jp-face",
+                 detector: str = "retinaface-mnet025", face_px: int = 512, cores: int = 2,
                  gpu_speedup: float | None = None):
         rows = stages["rows"]
         self.cores = cores
@@ -120,10 +125,14 @@ class BenchmarkModel:
             return pts
 
         self.detect_pts = curve("detect", detector)
+        face_stylizer = face_stylizer or stylizer
         self.style_pts = curve("stylize", stylizer)
-        if not self.detect_pts or not self.style_pts:
-            raise SystemExit(f"no batch-1 rows for {detector} / {stylizer} in stages.json")
+        self.face_pts = curve("stylize", face_stylizer)
+        if not self.detect_pts or not self.style_pts or not self.face_pts:
+            raise SystemExit(f"no batch-1 rows for {detector} / {stylizer} / {face_stylizer} in stages.json"
+                             " (bench/stages.py --only-presets adds the default preset's)")
         self.gpu_pts = curve("stylize", stylizer, cuda=True)
+        self.gpu_face_pts = curve("stylize", face_stylizer, cuda=True)
         self.gpu_speedup = gpu_speedup
         if self.gpu_pts:
             self.gpu_source = f"measured CUDA rows of {stylizer}"
@@ -145,15 +154,16 @@ class BenchmarkModel:
     def costs(self, p: Photo, gpu: bool = True) -> dict[str, Cost]:
         c = self.cores
         px = self._capped(p, MAX_SIDE)
-        style = self.gpu_pts if (gpu and self.gpu_pts) else self.style_pts
-        speed = self.gpu_speedup if (gpu and not self.gpu_pts and self.gpu_speedup) else 1.0
+        cuda = gpu and bool(self.gpu_pts) and bool(self.gpu_face_pts)
+        style, face = (self.gpu_pts, self.gpu_face_pts) if cuda else (self.style_pts, self.face_pts)
+        speed = self.gpu_speedup if (gpu and not cuda and self.gpu_speedup) else 1.0
         stylize = (_interp(style, self._capped(p, BACKGROUND_MAX_SIDE))
-                   + p.faces * _interp(style, self.face_px ** 2)) / speed
+                   + p.faces * _interp(face, self.face_px ** 2)) / speed
         walls = {
             "detect": _interp(self.detect_pts, px),
             "parse": p.faces * PARSE_PER_FACE_S,
             "stylize": stylize,
-            "finalize": FINALIZE_PER_MPIX_S * px / 1e6,
+            "finalize": p.faces * FINALIZE_PER_FACE_S + FINALIZE_PER_MPIX_S * px / 1e6,
         }
         # The measured figures are wall times on `cores` threads of an otherwise idle host.
         return {s: Cost(self.handoff_s, w * c, c) for s, w in walls.items()}
@@ -270,11 +280,15 @@ class Result:
 
 def simulate(model, photos: list[tuple[float, Photo]], pools: list[Pool], *, cores: int,
              shared_host: bool = False, prefetch: int = 0, jitter: float = 0.0,
+             merge: bool = True, batching: bool = False,
              seed: int = 0, measure_from: float = 0.0, measure_until: float | None = None) -> Result:
     """Run `photos` (arrival time, photo) through the chain on `pools` of workers.
 
     shared_host: every worker on one host of `cores` cores (this machine); otherwise each
     worker has a host of its own. jitter: coefficient of variation of compute times.
+    merge: a worker that consumes the next stage's queue runs that stage in the same task
+    (FACE2PAINT_MERGE_STAGES, on by default); batching: stylize batches (GPU workers), so no
+    task merges into it.
     Latencies are those of photos arriving in [measure_from, measure_until)."""
     rng = random.Random(seed)
     hosts = [_Host(cores)] if shared_host else []
@@ -384,10 +398,19 @@ def simulate(model, photos: list[tuple[float, Photo]], pools: list[Pool], *, cor
             w.busy_s += now - t.started_at
             w.task = None
             nxt = STAGES.index(t.stage) + 1
-            if nxt < len(STAGES):
-                publish(t.item, STAGES[nxt], now)
-            else:
+            if nxt >= len(STAGES):
                 done_at[t.item] = now
+            elif merge and STAGES[nxt] in w.pool.queues and not (STAGES[nxt] == "stylize" and batching):
+                # Merged stages (worker/tasks.py): the task goes on with the next stage itself,
+                # without a trip through the queue.
+                t2 = _Task(t.item, STAGES[nxt], cost_of(t.item, STAGES[nxt]), now, started_at=now)
+                waits[t2.stage].append(0.0)
+                w.task = t2
+                owner[id(t2)] = w
+                begin_phase(w.host, t2, 0, now)
+                continue
+            else:
+                publish(t.item, STAGES[nxt], now)
             start(w, now)
     until = measure_until if measure_until is not None else float("inf")
     window = [i for i, t in arrive.items() if measure_from <= t < until]
@@ -520,7 +543,8 @@ def report(title: str, r: Result, pools: dict[str, int], source: str, gpu_source
 def benchmark_model(args, cores: int | None = None) -> BenchmarkModel:
     stages = json.loads(Path(args.stages).read_text())
     e2e = json.loads(Path(args.e2e).read_text())
-    return BenchmarkModel(stages, e2e, stylizer=args.stylizer, face_px=args.face_px,
+    return BenchmarkModel(stages, e2e, stylizer=args.stylizer, face_stylizer=args.face_stylizer,
+                          face_px=args.face_px,
                           cores=cores or args.cores, gpu_speedup=args.gpu_speedup)
 
 
@@ -671,7 +695,10 @@ def main(argv=None) -> int:
     def common(p):
         p.add_argument("--stages", default=str(RESULTS / "stages.json"))
         p.add_argument("--e2e", default=str(RESULTS / "e2e.json"))
-        p.add_argument("--stylizer", default="animeganv2-hayao-int8")
+        # The `anime` preset (the default style): JP_face on 512² faces, v3 Hayao behind them.
+        p.add_argument("--stylizer", default="animeganv3-hayao", help="the background model")
+        p.add_argument("--face-stylizer", default="animeganv3-jp-face",
+                       help="the face model (default: the anime preset's; '' = --stylizer)")
         p.add_argument("--cores", type=int, default=2, help="cores per worker host (the figures' machine: 2)")
         p.add_argument("--gpu-speedup", type=float, default=None,
                        help="GPU stylize = CPU figure / this, when stages.json has no CUDA rows")
@@ -683,7 +710,8 @@ def main(argv=None) -> int:
         p.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
         p.add_argument("--faces", type=float, default=1.5, help="mean processed faces per photo (Poisson)")
         p.add_argument("--sizes", default="1920x1080", help="WxH[:weight],... before the 1920 cap")
-        p.add_argument("--face-px", type=int, default=256, choices=(256, 512), help="faces' stylize size")
+        p.add_argument("--face-px", type=int, default=512, choices=(256, 512),
+                       help="faces' stylize size (JP_face, the anime preset's face model, frames faces at 512)")
         p.add_argument("--hours", type=float, default=1.0, help="simulated time (the first tenth is warm-up)")
         p.add_argument("--jitter", type=float, default=0.2, help="coefficient of variation of compute times")
 
@@ -698,7 +726,7 @@ def main(argv=None) -> int:
                    help="busiest a pool may be on average (headroom)")
     p = sub.add_parser("check", help="simulated against measured throughput on this machine")
     common(p)
-    p.set_defaults(cores=None, face_px=256)  # the check's photo: a 512² astronaut, one face
+    p.set_defaults(cores=None, face_px=512)  # the check's photo: a 512² astronaut, one face
     p.add_argument("--images", type=int, default=12)
     p.add_argument("--sequential", type=int, default=5, help="single-image jobs to calibrate on")
     p.add_argument("--workers", default="1,2")

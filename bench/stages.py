@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--sizes", default="256,512,1024")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only-presets", action="store_true",
+                    help="time only the default preset's generators and keep the other rows of stages.json")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -61,6 +63,13 @@ def main() -> None:
                      "per_image_s": round(seconds / batch, 4)})
         print(f"{stage:9} {model:34} {runtime:12} {size:5} x{batch}: {seconds:.3f}s", flush=True)
 
+    if args.only_presets:
+        old = args.out / "stages.json"
+        keep = json.loads(old.read_text())["rows"] if old.exists() else []
+        rows.extend(r for r in keep if r["model"] not in PRESET_GENERATORS)
+        preset_generators(cache, sizes, args.repeat, add)
+        write(args, rows)
+        return
     # detect
     for model_id, runtime in (("retinaface-mnet025", "onnxruntime"), ("yunet-s-640", "opencv")):
         det = cache.get(model_id)
@@ -94,6 +103,29 @@ def main() -> None:
         for s in ([fixed] if fixed else sizes):
             img = photo(s)
             add("stylize", model_id, runtime, s, 1, timeit(lambda: st(img), args.repeat))
+    preset_generators(cache, sizes, args.repeat, add)
+    write(args, rows)
+
+
+# The `anime` preset's generators (the default style when their weights are present).
+PRESET_GENERATORS = ("animeganv3-jp-face", "animeganv3-hayao")
+
+
+def preset_generators(cache, sizes, repeat, add) -> None:
+    for model_id in PRESET_GENERATORS:
+        try:
+            st = cache.get(model_id)
+        except Exception as e:  # noqa: BLE001 - weights not present: the rows are left out
+            print(f"skipping {model_id}: {e}")
+            continue
+        runtime = getattr(getattr(st, "session", None), "runtime_used", "?")
+        for s in sizes:
+            img = photo(s)
+            add("stylize", model_id, runtime, s, 1, timeit(lambda: st(img), repeat))
+
+
+def write(args, rows) -> None:
+    import torch
 
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs",

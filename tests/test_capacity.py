@@ -50,6 +50,22 @@ def test_one_worker_runs_a_batch_back_to_back():
     assert sorted(r.latencies) == pytest.approx([per_item * k for k in range(1, 6)])
 
 
+def test_merged_stages_skip_the_queue_between_stages_of_one_worker():
+    # One CPU worker that reserves one more message: merged (the default), it runs parse
+    # right after detect in the same task; otherwise the parse message queues behind the
+    # detect it had reserved.
+    model = Fixed(detect=Cost(1.0, 0.0, 1), parse=Cost(1.0, 0.0, 1), stylize=Cost(0.5, 0.0, 1))
+    pools = [Pool("cpu", capacity.CPU_QUEUES, 1), Pool("gpu", capacity.GPU_QUEUES, 1, gpu=True)]
+    merged = simulate(model, batch(2), pools, cores=2, prefetch=1)
+    assert merged.waits["parse"] == 0.0
+    split = simulate(model, batch(2), pools, cores=2, prefetch=1, merge=False)
+    assert split.waits["parse"] > 0.0
+    # No task merges into stylize when stylize batches: it goes through its queue.
+    everything = [Pool("all", STAGES, 1)]
+    assert simulate(model, batch(2), everything, cores=2, prefetch=1).waits["stylize"] == 0.0
+    assert simulate(model, batch(2), everything, cores=2, prefetch=1, batching=True).waits["stylize"] > 0.0
+
+
 def test_workers_on_one_host_share_its_cores():
     compute = Fixed(stylize=Cost(0.0, 4.0, 2))  # 2 s on two cores
     one = simulate(compute, batch(4), [Pool("all", STAGES, 1)], cores=2, shared_host=True)

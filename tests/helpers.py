@@ -1,4 +1,5 @@
-"""Where tests find real weights and photos: from configuration, never from the repository."""
+"""Where tests find real weights and photos (from configuration, never from the repository),
+and the small steps several tests share."""
 
 from __future__ import annotations
 
@@ -115,7 +116,8 @@ def photos_with_a_broken_one(folder: Path, broken: bytes) -> Path:
     return folder
 
 
-def start_up(env: dict[str, str], *args: str, timeout: float = 180) -> tuple[subprocess.Popen, str | None, list[str]]:
+def start_up(env: dict[str, str], *args: str,
+             timeout: float = 180) -> tuple[subprocess.Popen, str | None, list[str]]:
     """Start `face2paint up` (plus `args`) and read its banner to the last line ("data: ...").
     The process, the local API key it printed and the banner's lines; fails with the output
     when it does not get that far within `timeout` seconds."""

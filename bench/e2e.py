@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,6 +29,8 @@ import psutil
 
 # The test servers live in tests/ (a development tool, not part of the package).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.workdir import astronaut_workdir  # noqa: E402 - after the path
 
 
 def pipeline_compute_s(image_path: Path, repeat: int = 5, style: str | None = None) -> tuple[float, float]:
@@ -189,15 +190,7 @@ def main() -> None:
                     help="a style id instead of the default preset; the weight-free "
                          "classical-cartoon makes the job system's own cost stand out of the noise")
     args = ap.parse_args()
-    if not os.environ.get("FACE2PAINT_MODEL_DIR"):
-        raise SystemExit("set FACE2PAINT_MODEL_DIR to a directory of weights (e.g. ../shared/models)")
-    from skimage import data
-
-    tmp = Path(tempfile.mkdtemp(prefix="f2p-bench-"))
-    image = tmp / "astronaut.png"
-    from PIL import Image
-
-    Image.fromarray(data.astronaut()).save(image)
+    tmp, image = astronaut_workdir("f2p-bench-")
     compute, compute_cpu = pipeline_compute_s(image, style=args.style)
     options = {"style": args.style} if args.style else {}
     print(f"pipeline compute in-process (512², warm): {compute:.3f}s, CPU {compute_cpu:.3f}s", flush=True)

@@ -17,7 +17,6 @@ markers of docs/BENCHMARKS.md at the end.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import statistics
@@ -28,11 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.docs_block import write_block  # noqa: E402 - after the path
+from bench.docs_block import arguments, publish  # noqa: E402 - after the path
 
 FACES = ROOT.parent / "shared" / "faces"
 CROWD_MIN_FACES = 10
 TARGET = 0.35
+HEADING = "face2paint's cost per preset"
 START, END = "<!-- overhead:start -->", "<!-- overhead:end -->"
 
 
@@ -121,17 +121,9 @@ def table(meta: dict, results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(md: str, docs: Path) -> None:
-    write_block(docs, START, END, md, "face2paint's cost per preset")
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    ap = arguments(__doc__)
     ap.add_argument("--presets", default="", help="comma-separated (default: every named preset present)")
-    ap.add_argument("--no-docs", action="store_true")
-    ap.add_argument("--from-json", type=Path, help="only rebuild the docs table from a report")
     args = ap.parse_args()
     if args.from_json:
         report = json.loads(args.from_json.read_text())
@@ -139,9 +131,7 @@ def main() -> None:
         skipped = report["meta"].get("skipped_no_weights")
         if skipped:
             md += f"\nNot measured (weights absent): {', '.join(skipped)}.\n"
-        print(md)
-        if not args.no_docs:
-            write_docs(md, args.docs)
+        publish(md, args, START, END, HEADING)
         return
 
     import os
@@ -173,9 +163,7 @@ def main() -> None:
     md = table(meta, results)
     if skipped:
         md += f"\nNot measured (weights absent): {', '.join(skipped)}.\n"
-    print(md)
-    if not args.no_docs:
-        write_docs(md, args.docs)
+    publish(md, args, START, END, HEADING)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Target per generator: at least 2.5x ONNX Runtime CPU, PSNR >= 40 dB against fp32
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.docs_block import write_block  # noqa: E402 - after the path
+from bench.docs_block import arguments, publish  # noqa: E402 - after the path
 
 FACES = ROOT.parent / "shared" / "faces"
 # Real photos with a face that fills a 512² crop: (file, (x, y, side) of the crop, or None: all).
@@ -36,6 +35,7 @@ CROPS = (("sk_astronaut.png", (70, 0, 300)), ("fp_celebahq_116.png", None),
          ("df_sundar_glasses.jpg", (250, 150, 760)))
 TARGET_SPEEDUP = 2.5
 TARGET_PSNR = 40.0
+HEADING = "Runtimes per generator (CPU)"
 START, END = "<!-- runtimes:start -->", "<!-- runtimes:end -->"
 
 
@@ -276,29 +276,19 @@ def table(meta: dict, rows: list[dict], size: int, threads: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(md: str, docs: Path) -> None:
-    write_block(docs, START, END, md, "Runtimes per generator (CPU)")
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    ap = arguments(__doc__)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--models", default="", help="comma-separated ids (default: every generator present)")
-    ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--only-detect-parse", action="store_true")
-    ap.add_argument("--from-json", type=Path, help="only rebuild the docs table from a report")
     args = ap.parse_args()
     if args.from_json:
         report = json.loads(args.from_json.read_text())
         md = table(report["meta"], report["rows"], report["meta"]["size"], report["meta"]["threads"])
-        print(md)
-        if not args.no_docs:
-            write_docs(md, args.docs)
+        publish(md, args, START, END, HEADING)
         return
 
     from face2paint.models.registry import MODELS, ModelUnavailable, Registry
@@ -334,9 +324,7 @@ def main() -> None:
     name = "runtimes_detect_parse.json" if args.only_detect_parse else "runtimes.json"
     (args.out / name).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     md = table(meta, rows, args.size, args.threads)
-    print(md)
-    if not args.no_docs:
-        write_docs(md, args.docs)
+    publish(md, args, START, END, HEADING)
 
 
 if __name__ == "__main__":

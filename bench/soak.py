@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +35,8 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.workdir import astronaut_workdir  # noqa: E402 - after the path
 
 STYLE = {"style": "classical-cartoon"}
 
@@ -196,18 +196,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args()
-    if not os.environ.get("FACE2PAINT_MODEL_DIR"):
-        raise SystemExit("set FACE2PAINT_MODEL_DIR to a directory of weights (e.g. ../shared/models)")
-    from PIL import Image
-    from skimage import data
-
+    tmp, image = astronaut_workdir("f2p-soak-")
     from face2paint.cli.stack import ProcessStack
     from tests import servers as services
     from tests.service_stack import stack_env
 
-    tmp = Path(tempfile.mkdtemp(prefix="f2p-soak-"))
-    image = tmp / "astronaut.png"
-    Image.fromarray(data.astronaut()).save(image)
     with services.postgres_server() as pg, services.redis_server() as redis, services.s3_server() as s3:
         # Limits for the bench itself: many items per job, polling clients not rate limited.
         env = stack_env(pg.url, redis.url, s3, FACE2PAINT_MAX_FILES_PER_JOB=max(100, args.photos),

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 from e2e import MemorySampler  # bench/, this script's directory
+from workdir import astronaut_workdir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,30 +38,24 @@ def loads_in(log: str) -> dict[str, int]:
     return dict(Counter(LOADED.findall(log)))
 
 
-def photos(tmp: Path) -> list[Path]:
-    from PIL import Image
-    from skimage import data
-
-    out = [tmp / "astronaut.png"]
-    Image.fromarray(data.astronaut()).save(out[0])
+def group_photo(tmp: Path) -> list[Path]:
+    """A copy of the shared group photo in `tmp`, where the shared photos are there."""
     group = ROOT.parent / "shared" / "faces" / "if_friends_t1.jpg"
-    if group.is_file():
-        out.append(tmp / group.name)
-        shutil.copy(group, out[-1])
-    return out
+    if not group.is_file():
+        return []
+    shutil.copy(group, tmp / group.name)
+    return [tmp / group.name]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args()
-    if not os.environ.get("FACE2PAINT_MODEL_DIR"):
-        raise SystemExit("set FACE2PAINT_MODEL_DIR to a directory of weights (e.g. ../shared/models)")
+    tmp, astronaut = astronaut_workdir("f2p-bench-workers-")
+    files = [astronaut, *group_photo(tmp)]
     from face2paint.cli.client import Client
     from face2paint.cli.stack import EmbeddedStack
 
-    tmp = Path(tempfile.mkdtemp(prefix="f2p-bench-workers-"))
-    files = photos(tmp)
     stack = EmbeddedStack(tmp / "home", worker_queues=list(WORKERS.values()))
     logs: dict[str, str] = {}
     try:

@@ -21,12 +21,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    """PostgreSQL server; .url points at its maintenance database. Managed servers (not from
-    the environment) support stop()/kill()/start() for fault tests."""
-    with services.postgres_server() as server:
-        yield server
+def _session_server(name: str, start, doc: str):
+    """A session fixture `name` that yields the server `start()` gives (tests/servers.py)."""
+    def fixture():
+        with start() as server:
+            yield server
+
+    fixture.__doc__ = doc
+    return pytest.fixture(scope="session", name=name)(fixture)
+
+
+pg_server = _session_server("pg_server", services.postgres_server, """PostgreSQL server; .url
+    points at its maintenance database. Managed servers (not from the environment) support
+    stop()/kill()/start() for fault tests.""")
+redis_server = _session_server("redis_server", services.redis_server, "Redis server; .url.")
+s3_server = _session_server("s3_server", services.s3_server, "S3 server (see the s3 fixture).")
 
 
 @pytest.fixture(scope="session")
@@ -35,20 +44,8 @@ def pg_url(pg_server) -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_server():
-    with services.redis_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
 def redis_url(redis_server) -> str:
     return redis_server.url
-
-
-@pytest.fixture(scope="session")
-def s3_server():
-    with services.s3_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="session")

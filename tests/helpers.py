@@ -1,9 +1,15 @@
-"""Where tests find real weights and photos: from configuration, never from the repository."""
+"""Where tests find real weights and photos (from configuration, never from the repository),
+and the small steps several tests share."""
 
 from __future__ import annotations
 
 import csv
 import os
+import re
+import shutil
+import subprocess
+import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -92,9 +98,42 @@ def corrupted_copy(src: Path, dst: Path, offset: int | None = None) -> Path:
     return Path(dst)
 
 
-def run_python(code: str, timeout: float = 120):
-    """Run `code` in a fresh interpreter (a clean sys.modules); the CompletedProcess."""
-    import subprocess
-    import sys
+def run_python_ok(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (a clean sys.modules) and assert that it exits 0; what
+    it wrote is the failure's message."""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
 
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+
+def photos_with_a_broken_one(folder: Path, broken: bytes) -> Path:
+    """`folder` made with astronaut.png, hopper.jpg (grey, 128 px) and broken.jpg (`broken`:
+    no image that decodes), for the commands that stylize a folder."""
+    folder.mkdir()
+    shutil.copy(astronaut_path(), folder / "astronaut.png")
+    shutil.copy(faces_dir() / "pil_hopper_gray.jpg", folder / "hopper.jpg")
+    (folder / "broken.jpg").write_bytes(broken)
+    return folder
+
+
+def start_up(env: dict[str, str], *args: str,
+             timeout: float = 180) -> tuple[subprocess.Popen, str | None, list[str]]:
+    """Start `face2paint up` (plus `args`) and read its banner to the last line ("data: ...").
+    The process, the local API key it printed and the banner's lines; fails with the output
+    when it does not get that far within `timeout` seconds."""
+    proc = subprocess.Popen([sys.executable, "-m", "face2paint.cli.main", "up", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, key = [], None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        m = re.search(r"API key for owner 'local': (\S+)", line)
+        if m:
+            key = m.group(1)
+        if line.startswith("data: "):  # the last line of the banner
+            return proc, key, seen
+    proc.kill()
+    raise AssertionError("face2paint up did not start:\n" + "".join(seen))

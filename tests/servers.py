@@ -33,7 +33,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from face2paint.cli.stack import free_port
@@ -264,6 +264,37 @@ class ExternalServer:
         self.close()
 
 
+class ExternalURLServer(ExternalServer):
+    """An external server the environment gives by URL alone, answering `ping(url)` before use."""
+
+    what = "server"  # for the message when it does not answer
+
+    def __init__(self, url: str):
+        self.url = url
+        wait_until(lambda: self.ping(url), 30, f"{self.what} at {url} ({self.env_var})")
+
+    @staticmethod
+    def ping(url: str) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def from_env(cls) -> "ExternalURLServer | None":
+        url = os.environ.get(cls.env_var)
+        return cls(url) if url else None
+
+
+@contextmanager
+def _given_or_own(given: ExternalServer | None, own: type[ManagedServer], port: int | None):
+    """The server the environment gave, else one of our own (`own`) started on `port` (or a free
+    one) and closed afterwards."""
+    if given is not None:
+        yield given
+        return
+    with own(port=port) as server:
+        server.start()
+        yield server
+
+
 # --- PostgreSQL -----------------------------------------------------------------------------
 
 
@@ -374,15 +405,6 @@ class PostgresServer(ManagedServer):
         return True
 
 
-class ExternalPostgres(ExternalServer):
-    name = "postgres"
-    env_var = ENV_DATABASE_URL
-
-    def __init__(self, url: str):
-        self.url = url
-        wait_until(lambda: _pg_ping(url), 30, f"PostgreSQL at {url} ({ENV_DATABASE_URL})")
-
-
 def _libpq_url(url: str) -> str:
     # SQLAlchemy-style "postgresql+psycopg://" → what psycopg itself accepts.
     scheme, rest = url.split("://", 1)
@@ -397,16 +419,14 @@ def _pg_ping(url: str) -> bool:
     return True
 
 
-@contextmanager
-def postgres_server(port: int | None = None) -> Iterator[PostgresServer | ExternalPostgres]:
+class ExternalPostgres(ExternalURLServer):
+    name, what, env_var = "postgres", "PostgreSQL", ENV_DATABASE_URL
+    ping = staticmethod(_pg_ping)
+
+
+def postgres_server(port: int | None = None) -> ContextManager[PostgresServer | ExternalPostgres]:
     """A PostgreSQL server; `.url` connects to its maintenance database (use fresh_database)."""
-    url = os.environ.get(ENV_DATABASE_URL)
-    if url:
-        yield ExternalPostgres(url)
-        return
-    with PostgresServer(port=port) as server:
-        server.start()
-        yield server
+    return _given_or_own(ExternalPostgres.from_env(), PostgresServer, port)
 
 
 @contextmanager
@@ -486,24 +506,13 @@ def _redis_ping(url: str) -> bool:
         client.close()
 
 
-class ExternalRedis(ExternalServer):
-    name = "redis"
-    env_var = ENV_REDIS_URL
-
-    def __init__(self, url: str):
-        self.url = url
-        wait_until(lambda: _redis_ping(url), 30, f"Redis at {url} ({ENV_REDIS_URL})")
+class ExternalRedis(ExternalURLServer):
+    name, what, env_var = "redis", "Redis", ENV_REDIS_URL
+    ping = staticmethod(_redis_ping)
 
 
-@contextmanager
-def redis_server(port: int | None = None) -> Iterator[RedisServer | ExternalRedis]:
-    url = os.environ.get(ENV_REDIS_URL)
-    if url:
-        yield ExternalRedis(url)
-        return
-    with RedisServer(port=port) as server:
-        server.start()
-        yield server
+def redis_server(port: int | None = None) -> ContextManager[RedisServer | ExternalRedis]:
+    return _given_or_own(ExternalRedis.from_env(), RedisServer, port)
 
 
 # --- S3 (SeaweedFS) -------------------------------------------------------------------------
@@ -660,13 +669,11 @@ class ExternalS3(_S3Access, ExternalServer):
         self.bucket, self.region = bucket, region
         wait_until(self._probe, 30, f"S3 at {endpoint_url} ({ENV_S3_ENDPOINT_URL})")
 
-
-@contextmanager
-def s3_server(port: int | None = None) -> Iterator[S3Server | ExternalS3]:
-    """An S3 server with its bucket created; see `.endpoint_url`, `.access_key`,
-    `.secret_key`, `.bucket`, `.region`, `.client()`, `.storage(prefix)`, `.env(prefix)`."""
-    endpoint = os.environ.get(ENV_S3_ENDPOINT_URL)
-    if endpoint:
+    @classmethod
+    def from_env(cls) -> "ExternalS3 | None":
+        endpoint = os.environ.get(ENV_S3_ENDPOINT_URL)
+        if not endpoint:
+            return None
         access = os.environ.get(ENV_S3_ACCESS_KEY) or os.environ.get("AWS_ACCESS_KEY_ID")
         secret = os.environ.get(ENV_S3_SECRET_KEY) or os.environ.get("AWS_SECRET_ACCESS_KEY")
         if not access or not secret:
@@ -674,12 +681,11 @@ def s3_server(port: int | None = None) -> Iterator[S3Server | ExternalS3]:
                 f"{ENV_S3_ENDPOINT_URL} is set but no credentials: set {ENV_S3_ACCESS_KEY} and "
                 f"{ENV_S3_SECRET_KEY} (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
             )
-        yield ExternalS3(
-            endpoint, access, secret,
-            bucket=os.environ.get(ENV_S3_BUCKET) or DEFAULT_BUCKET,
-            region=os.environ.get(ENV_S3_REGION) or "us-east-1",
-        )
-        return
-    with S3Server(port=port) as server:
-        server.start()
-        yield server
+        return cls(endpoint, access, secret, bucket=os.environ.get(ENV_S3_BUCKET) or DEFAULT_BUCKET,
+                   region=os.environ.get(ENV_S3_REGION) or "us-east-1")
+
+
+def s3_server(port: int | None = None) -> ContextManager[S3Server | ExternalS3]:
+    """An S3 server with its bucket created; see `.endpoint_url`, `.access_key`,
+    `.secret_key`, `.bucket`, `.region`, `.client()`, `.storage(prefix)`, `.env(prefix)`."""
+    return _given_or_own(ExternalS3.from_env(), S3Server, port)

@@ -86,7 +86,8 @@ def stack_env(pg_url: str, redis_url: str, s3, **extra) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running(stack: ProcessStack):
-    """Start a stack, and stop it afterwards; on failure print the tail of each process's log."""
+    """Start a stack (services or embedded), and stop it afterwards; on failure print the tail
+    of each process's log."""
     try:
         stack.start()
         yield stack

@@ -1,7 +1,6 @@
 """The `face2paint` command line, in-process, on real photos and weights."""
 
 import json
-import shutil
 
 import pytest
 from PIL import Image
@@ -9,7 +8,7 @@ from typer.testing import CliRunner
 
 from face2paint.cli.main import app
 from face2paint.settings import get_settings
-from tests.helpers import astronaut_path, faces_dir, model_dir
+from tests.helpers import astronaut_path, model_dir, photos_with_a_broken_one
 
 runner = CliRunner()
 
@@ -33,11 +32,7 @@ def test_detect_json():
 
 
 def test_stylize_folder_with_report_debug_and_a_broken_file(tmp_path):
-    src = tmp_path / "in"
-    src.mkdir()
-    shutil.copy(astronaut_path(), src / "astronaut.png")
-    shutil.copy(faces_dir() / "pil_hopper_gray.jpg", src / "hopper.jpg")
-    (src / "broken.jpg").write_bytes(b"this is not a jpeg")
+    src = photos_with_a_broken_one(tmp_path / "in", b"this is not a jpeg")
     out = tmp_path / "out"
     r = runner.invoke(app, ["stylize", str(src), "--out", str(out), "--style", "classical-cartoon",
                             "--report", str(tmp_path / "r.json"), "--debug"])

@@ -25,6 +25,7 @@ from face2paint.client import (
     filename_from,
 )
 from tests.helpers import astronaut_path, model_dir
+from tests.service_stack import running
 
 STYLE = "classical-cartoon"  # no weights: fast on two cores
 
@@ -38,16 +39,8 @@ def _png(size=(96, 80), color=(200, 120, 90)) -> bytes:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     model_dir()  # skips without weights, like the other end-to-end tests
-    st = EmbeddedStack(tmp_path_factory.mktemp("client-stack"))
-    try:
-        st.start()
+    with running(EmbeddedStack(tmp_path_factory.mktemp("client-stack"))) as st:
         yield st
-    except BaseException:
-        for name in list(st.procs):
-            print(f"--- {name} log ---\n{st.log(name)[-4000:]}")
-        raise
-    finally:
-        st.stop()
 
 
 @pytest.fixture

@@ -2,21 +2,16 @@
 on a free port and a real worker process, all started and stopped by the command itself."""
 
 import os
-import shutil
 import subprocess
 import sys
 
 from PIL import Image
 
-from tests.helpers import astronaut_path, faces_dir, model_dir
+from tests.helpers import model_dir, photos_with_a_broken_one
 
 
 def test_face2paint_run_embedded(tmp_path):
-    src = tmp_path / "photos"
-    src.mkdir()
-    shutil.copy(astronaut_path(), src / "astronaut.png")
-    shutil.copy(faces_dir() / "pil_hopper_gray.jpg", src / "hopper.jpg")
-    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    src = photos_with_a_broken_one(tmp_path / "photos", b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "results"
     # The weights where `face2paint models pull` puts them (FACE2PAINT_HOME/models), with no
     # FACE2PAINT_MODEL_DIR: the job runs in a temporary home, but its worker uses this cache.

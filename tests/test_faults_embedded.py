@@ -20,12 +20,10 @@ Classical cartoon style on a 512 px photo (no weights): each stage well under a 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from contextlib import closing
 from datetime import UTC, datetime
@@ -42,6 +40,7 @@ from face2paint.jobs.db import Item, Job, make_engine, session_factory
 from face2paint.jobs.sqlite_check import DatabaseDamaged, wal_damage
 from face2paint.jobs.states import STAGES
 from face2paint.jobs.storage import LocalStorage
+from tests.helpers import start_up
 from tests.test_faults import (
     Figures,
     assert_clean,
@@ -247,21 +246,8 @@ def _up(home: Path, port: int) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, **_env(home), "COLUMNS": "300", "FACE2PAINT_HOME": str(home)}
     for name in ("FACE2PAINT_DATABASE_URL", "FACE2PAINT_BROKER_URL", "FACE2PAINT_STORAGE_URL"):
         env.pop(name, None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "face2paint.cli.main", "up", "--port", str(port), "--home", str(home)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        m = re.search(r"API key for owner 'local': (\S+)", line)
-        if m:
-            return proc, m.group(1)
-    proc.kill()
-    raise AssertionError("face2paint up did not start:\n" + "".join(seen))
+    proc, key, _ = start_up(env, "--port", str(port), "--home", str(home), timeout=120)
+    return proc, key
 
 
 def test_face2paint_up_killed_and_restarted(tmp_path):

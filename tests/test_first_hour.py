@@ -31,6 +31,7 @@ import pytest
 from PIL import Image
 
 from face2paint.cli.stack import free_port
+from tests.helpers import start_up
 
 
 def _env(home: Path, tmp: Path, models: Path) -> dict[str, str]:
@@ -47,22 +48,7 @@ def _cli(env, *args, timeout=120) -> subprocess.CompletedProcess:
 
 
 def _up(env, port: int) -> tuple[subprocess.Popen, str, list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "face2paint.cli.main", "up", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen, key = [], None
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        m = re.search(r"API key for owner 'local': (\S+)", line)
-        if m:
-            key = m.group(1)
-        if line.startswith("data: "):  # the last line of the banner
-            return proc, key, seen
-    proc.kill()
-    raise AssertionError("face2paint up did not start:\n" + "".join(seen))
+    return start_up(env, "--port", str(port))
 
 
 def _sigterm(proc: subprocess.Popen, tmp: Path) -> list[int]:

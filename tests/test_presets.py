@@ -23,7 +23,7 @@ from face2paint.models.registry import BY_ID, MODELS, Registry
 from face2paint.models.types import Params
 from face2paint.models.verified_files import git_blob_id
 from face2paint.settings import Settings, get_settings
-from tests.helpers import corrupted_copy, model_dir, run_python
+from tests.helpers import corrupted_copy, model_dir, run_python_ok
 
 REQUIRED = {
     "anime": ("animeganv3-jp-face", "animeganv3-hayao"),
@@ -111,8 +111,7 @@ def test_presets_import_no_runtime():
     code = ("import sys, face2paint.models.presets; "
             "heavy = [m for m in ('torch', 'onnxruntime', 'cv2', 'ai_edge_litert', 'numpy') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
-    r = run_python(code)
-    assert r.returncode == 0, r.stdout + r.stderr
+    run_python_ok(code)
 
 
 def test_cli_styles_list(tmp_path, monkeypatch):

@@ -16,11 +16,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from ..models.image_io import encode_image, load_image, resize_to
+from ..models.presets import preset_status
 
 # (name, where it comes from, its licence); the only photos examples may be made from.
 PHOTOS = (
@@ -47,6 +49,34 @@ def _square(rgb: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(ImageOps.fit(Image.fromarray(rgb), (side, side), Image.Resampling.LANCZOS))
 
 
+def squares(names, side: int) -> list[np.ndarray]:
+    """The named photos (photo_path), each cropped to a `side` square."""
+    return [_square(load_image(photo_path(name)).rgb, side) for name in names]
+
+
+def parse_args(argv: list[str] | None, doc: str, out: Path, every: str) -> argparse.Namespace:
+    """The options of the tools that picture presets: --out (made here) and --only NAME ..."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=out)
+    ap.add_argument("--only", nargs="*", help=f"preset names (default: {every})")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def runnable(presets, only: list[str] | None, registry, hint: str = "") -> Iterator:
+    """The presets asked for (all, without `only`) whose models are all here; each other one
+    asked for is skipped and said so on stderr, with `hint` (how to get its weights)."""
+    for preset in presets:
+        if only and preset.id not in only:
+            continue
+        status = preset_status(preset, registry)
+        if status.available:
+            yield preset
+        else:
+            print(f"{preset.id}: skipped, missing {', '.join(status.missing)}{hint}", file=sys.stderr)
+
+
 def make_example(preset, cache, photos: list[np.ndarray]) -> np.ndarray:
     from ..models.pipeline import Face2Paint
     from ..models.types import Params
@@ -59,28 +89,18 @@ def make_example(preset, cache, photos: list[np.ndarray]) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     from ..models.cache import ModelCache
-    from ..models.presets import PRESETS, preset_status
+    from ..models.presets import PRESETS
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--only", nargs="*", help="preset names (default: every preset)")
-    args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    photos = [_square(load_image(photo_path(name)).rgb, WORK_SIDE) for name, _, _ in PHOTOS]
+    args = parse_args(argv, __doc__, OUT, "every preset")
+    photos = squares([name for name, _, _ in PHOTOS], WORK_SIDE)
     cache = ModelCache()
     record_path = args.out / "examples.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     record["photos"] = [{"name": n, "source": s, "licence": lic} for n, s, lic in PHOTOS]
     styles = record.setdefault("styles", {})
     made: set[str] = set()
-    for preset in PRESETS:
-        if args.only and preset.id not in args.only:
-            continue
-        status = preset_status(preset, cache.registry)
-        if not status.available:
-            print(f"{preset.id}: skipped, missing {', '.join(status.missing)} "
-                  "(set FACE2PAINT_MODEL_DIR or `face2paint models pull ID`)", file=sys.stderr)
-            continue
+    hint = " (set FACE2PAINT_MODEL_DIR or `face2paint models pull ID`)"
+    for preset in runnable(PRESETS, args.only, cache.registry, hint):
         # Presets that run the same models with the same parameters share one image.
         image = f"{'+'.join(preset.models)}.jpg" if not preset.params else f"{preset.id}.jpg"
         if image not in made:

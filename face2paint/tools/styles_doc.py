@@ -10,14 +10,12 @@ The photos in ../shared/faces are test fixtures and never go into these pictures
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from ..models.image_io import encode_image, load_image, resize_to
-from .style_examples import _square, photo_path
+from ..models.image_io import encode_image, resize_to
+from .style_examples import parse_args, runnable, squares
 
 PHOTOS = ("astronaut", "grace_hopper")
 WORK_SIDE = 512  # the square the pipeline sees
@@ -29,24 +27,14 @@ OUT = Path(__file__).resolve().parents[2] / "docs" / "styles"
 def main(argv: list[str] | None = None) -> int:
     from ..models.cache import ModelCache
     from ..models.pipeline import Face2Paint
-    from ..models.presets import NAMED, preset_status
+    from ..models.presets import NAMED
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--only", nargs="*", help="preset names (default: every named preset)")
-    args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    photos = [_square(load_image(photo_path(name)).rgb, WORK_SIDE) for name in PHOTOS]
+    args = parse_args(argv, __doc__, OUT, "every named preset")
+    photos = squares(PHOTOS, WORK_SIDE)
     strip = np.concatenate([resize_to(p, (TILE, TILE)) for p in photos], axis=1)
     (args.out / "photos.jpg").write_bytes(encode_image(strip, "JPEG", quality=QUALITY))
     cache = ModelCache()
-    for preset in NAMED:
-        if args.only and preset.id not in args.only:
-            continue
-        status = preset_status(preset, cache.registry)
-        if not status.available:
-            print(f"{preset.id}: skipped, missing {', '.join(status.missing)}", file=sys.stderr)
-            continue
+    for preset in runnable(NAMED, args.only, cache.registry):
         pipe = Face2Paint(cache, style=preset.id)
         params = pipe.params_for()
         tiles = [resize_to(pipe.run(p, params).output, (TILE, TILE)) for p in photos]

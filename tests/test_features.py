@@ -150,7 +150,8 @@ def test_finalize_warps_face_models_only_and_records_it():
 
     pipe = Face2Paint(detector=det, parser=FakeParser(), style=FakeGen())
     infos: list = []
-    pipe.finalize(bg, batch, [crop], (S, S), Params(), True, infos)
+    assert not Params().features_in_place  # off by default (docs/QUALITY.md)
+    pipe.finalize(bg, batch, [crop], (S, S), Params(features_in_place=True), True, infos)
     assert infos and infos[0]["applied"] and det.calls == 1
     infos = []
     pipe.finalize(bg, batch, [crop], (S, S), Params(features_in_place=False), True, infos)

@@ -78,8 +78,10 @@ class Params:
     small_face_structure: bool = True
     # Face models only (registry kind "face"): find the five landmarks again on the stylized
     # crop and warp it gently (thin-plate spline, border fixed, displacement capped) so eyes,
-    # nose and mouth corners return to the input's positions (models/features.py).
-    features_in_place: bool = True
+    # nose and mouth corners return to the input's positions (models/features.py). Off by
+    # default: it moves RetinaFace's landmarks back, but dlib's independent landmarks on the
+    # same outputs move further away on large faces (docs/QUALITY.md, 2026-12-02 realign).
+    features_in_place: bool = False
 
 
 @dataclass

@@ -46,6 +46,8 @@ class ParamsOptions(BaseModel):
     face_min_size: int = _range("face_min_size", 16, 1024)
     background_max_side: int = _range("background_max_side", 64, 8192)
     skin_tone: bool = _DEFAULT.skin_tone
+    small_face_structure: bool = _DEFAULT.small_face_structure
+    features_in_place: bool = _DEFAULT.features_in_place
 
 
 def stylize_styles() -> list[str]:

@@ -85,11 +85,15 @@ def evaluate(
         line = (f"{ev.MODE_NAMES[mode]}: distortion {pct(m['distortion_rate'])} ({m['distorted']}, "
                 f"lost {m['lost']}), NLE {num(m['mean_nle'])}, SSIM {num(m['mean_ssim'])}")
         if face_metrics is not None:
+            line += (f", dlib landmarks: distortion {pct(m['dlib_distortion_rate'])} NLE "
+                     f"{num(m['dlib_mean_nle'])}")
             line += (f", same person {pct(m['same_person_rate'])}, skin CIEDE2000 median "
                      f"{num(m['median_skin_de'], 1)} max {num(m['max_skin_de'], 1)}")
         console.print(line + f", {num(m['time_per_image_s'], 2)} s per image", soft_wrap=True)
     console.print(f"distortion ratio, recipe / whole photo: {num(o['distortion_ratio'], 2)}; "
-                  f"recipe / plain paste: {num(o['plain_ratio'], 2)}")
+                  f"recipe / plain paste: {num(o['plain_ratio'], 2)}"
+                  + (f"; by dlib landmarks {num(o['dlib_distortion_ratio'], 2)} and "
+                     f"{num(o['dlib_plain_ratio'], 2)}" if face_metrics is not None else ""))
     console.print(f"report: {out / 'report.json'}, {out / 'summary.md'}, {out / 'contact_sheet.jpg'}")
     failed = report["summary"]["failed"]
     for item in failed:

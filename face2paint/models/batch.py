@@ -18,7 +18,6 @@ import numpy as np
 
 from .face import FaceBatch, FaceHelper
 from .image_io import resize_to
-from .keep import apply_keep
 from .types import Params
 
 
@@ -71,8 +70,7 @@ def stylize_many(works: list[Work], max_batch: int = 16) -> list[tuple[list[np.n
             f = works[j].faces
             s = f.refined[i].shape[0]
             d = d if d.shape[0] == s else cv2.resize(d, (s, s), interpolation=cv2.INTER_CUBIC)
-            crops[j][i] = apply_keep(d, f.refined[i], f.keep[i], f.skin_lab[i],
-                                     FaceHelper(works[j].params).params.skin_tone)
+            crops[j][i] = FaceHelper(works[j].params).keep(d, f, i)
 
     backgrounds: list[np.ndarray | None] = [None] * len(works)
     buckets: dict[tuple, tuple[object, list[tuple[int, np.ndarray]]]] = {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .keep import apply_keep
+from .keep import apply_keep, small_face_structure
 from .align import canonical_template, eye_distance, invert, similarity_transform, transform_points
 from .parse import FACE_LABELS, label_mask
 from .types import AlignedFace, Face, Params
@@ -211,16 +211,26 @@ class FaceBatch:
     # input's mean skin CIELAB, (N, 3) float32 (NaN: none). Zeros / NaN: nothing to keep.
     keep: np.ndarray | None = None
     skin_lab: np.ndarray | None = None
+    # The input's five landmarks in crop coordinates, (N, 5, 2) float32 (NaN: unknown): where
+    # the features-in-place step (features.py) moves the stylized features back to.
+    landmarks: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        n, size = len(self.refined), self.refined.shape[1] if self.refined.ndim == 4 else 0
+        n, size = len(self.inverse), self.refined.shape[1] if self.refined.ndim == 4 else 0
         if self.keep is None:
             self.keep = np.zeros((n, size, size, 3), np.uint8)
         if self.skin_lab is None:
             self.skin_lab = np.full((n, 3), np.nan, np.float32)
+        if self.landmarks is None:
+            self.landmarks = np.full((n, 5, 2), np.nan, np.float32)
 
     def __len__(self) -> int:
         return len(self.refined)
+
+    def eye_px(self, i: int) -> float:
+        """Face i's eye distance in the photo, in pixels (NaN without landmarks)."""
+        lm = np.asarray(self.landmarks[i], np.float64)
+        return float(np.linalg.norm(lm[1] - lm[0]) * np.hypot(*self.inverse[i][0, :2]))
 
     @classmethod
     def from_aligned(cls, aligned: list[AlignedFace], size: int) -> "FaceBatch":
@@ -232,17 +242,19 @@ class FaceBatch:
         skin = [a.skin_lab if a.skin_lab is not None else np.full(3, np.nan, np.float32) for a in aligned]
         return cls(np.stack([a.refined for a in aligned]), np.stack([a.inverse for a in aligned]),
                    np.stack([mask_to_uint8(a.paste_mask) for a in aligned]), np.stack(keep),
-                   np.stack(skin).astype(np.float32))
+                   np.stack(skin).astype(np.float32),
+                   np.stack([np.asarray(a.landmarks, np.float32).reshape(5, 2) for a in aligned]))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"refined": self.refined, "inverse": self.inverse, "mask": self.mask,
-                "keep": self.keep, "skin_lab": self.skin_lab}
+                "keep": self.keep, "skin_lab": self.skin_lab, "landmarks": self.landmarks}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "FaceBatch":
-        # An artifact written before keep.py has no keep regions: nothing is kept then.
+        # An artifact written before keep.py has no keep regions: nothing is kept then; one
+        # written before features.py has no landmarks: no features-in-place warp then.
         return cls(arrays["refined"], arrays["inverse"], arrays["mask"], arrays.get("keep"),
-                   arrays.get("skin_lab"))
+                   arrays.get("skin_lab"), arrays.get("landmarks"))
 
 
 class FaceHelper:
@@ -304,8 +316,17 @@ class FaceHelper:
             for i, d in zip(idx, done):
                 s = crops[i].shape[0]
                 d = d if d.shape[0] == s else cv2.resize(d, (s, s), interpolation=cv2.INTER_CUBIC)
-                out[i] = apply_keep(d, crops[i], faces.keep[i], faces.skin_lab[i], self.params.skin_tone)
+                out[i] = self.keep(d, faces, i)
         return out  # type: ignore[return-value]
+
+    def keep(self, stylized: np.ndarray, faces: "FaceBatch", i: int) -> np.ndarray:
+        """keep.py on one stylized crop (at the crop's size): skin tone, glasses and beard, and
+        the input's structure on a face small in the photo."""
+        ref = faces.refined[i]
+        out = apply_keep(stylized, ref, faces.keep[i], faces.skin_lab[i], self.params.skin_tone)
+        if self.params.small_face_structure:
+            out = small_face_structure(out, ref, faces.keep[i], faces.eye_px(i))
+        return out
 
     def compose(self, background: np.ndarray, faces: FaceBatch, crops: list[np.ndarray]) -> np.ndarray:
         """Paste the stylized crops back through their masks, then the recipe's sharpening."""

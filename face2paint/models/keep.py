@@ -16,7 +16,15 @@ the input crop (computed at the parse stage, `keep_masks`, and carried with the 
   hair): a gentler treatment, a blend towards an edge-preserving smoothing of the input, so the
   beard keeps its shape and colour with a painted look instead of the model's grey smudge.
 
-Expressions need nothing here: nothing is warped, the model paints the crop's own geometry.
+- small faces (`small_face_structure`, eye distance in the photo below SMALL_FACE_EYE_PX[1]):
+  the crop is an upscaled blur and the face model draws a featureless face (eyes as dashes, no
+  nose, the mouth a blob) that at the face's own size in the photo reads as no face at all.
+  The input's lightness structure (its variation around the skin's mean: eye sockets, nose and
+  mouth shading) is blended back into the stylized face, a larger share the smaller the face;
+  colour and mean lightness stay the stylized (skin-tone kept) ones.
+
+Expressions need nothing here: the model paints the crop's own geometry (features.py moves
+features the model shifted back into place).
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ SKIN_LABELS = ("skin", "nose", "l_ear", "r_ear", "neck")
 # Share of the way the glasses and beard regions go back towards the input.
 GLASSES_KEEP = 0.85
 BEARD_KEEP = 0.7
+# Small faces: the share of the input's lightness structure blended back, SMALL_FACE_KEEP at an
+# eye distance (photo pixels) of SMALL_FACE_EYE_PX[0] or less, none at SMALL_FACE_EYE_PX[1].
+SMALL_FACE_EYE_PX = (12.0, 32.0)
+SMALL_FACE_KEEP = 0.6
 # Beard: lower-face pixels this much darker (CIELAB L) than the cheeks ...
 BEARD_DARKER_L = 18.0
 # ... covering at least this share of the lower face, else there is no beard (stubble shadow).
@@ -144,4 +156,34 @@ def apply_keep(stylized: np.ndarray, reference: np.ndarray, keep: np.ndarray,
         b = _lab(smooth)
         w = (BEARD_KEEP * beard)[..., None]
         lab = lab * (1 - w) + b * w
+    return _rgb(lab)
+
+
+def small_face_share(eye_px: float) -> float:
+    lo, hi = SMALL_FACE_EYE_PX
+    if not np.isfinite(eye_px):
+        return 0.0
+    return SMALL_FACE_KEEP * float(np.clip((hi - eye_px) / (hi - lo), 0.0, 1.0))
+
+
+def small_face_structure(stylized: np.ndarray, reference: np.ndarray, keep: np.ndarray,
+                         eye_px: float) -> np.ndarray:
+    """The stylized crop with the input's lightness structure blended back on a small face
+    (see the module docstring); unchanged for faces of SMALL_FACE_EYE_PX[1] px and more."""
+    share = small_face_share(eye_px)
+    if share <= 0 or not keep.any():
+        return stylized
+    s = reference.shape[0]
+    skin = keep[..., 0] > 127
+    if skin.sum() < 100:
+        return stylized
+    # The face: the skin with its holes (eyes, brows, nose, mouth) closed, feathered.
+    face = cv2.morphologyEx(skin.astype(np.uint8), cv2.MORPH_CLOSE, _disk(0.08 * s))
+    w = share * _soft(face, max(1.0, 0.015 * s))
+    lab = _lab(stylized)
+    ref_l = _lab(reference)[..., 0]
+    core = skin
+    detail_ref = ref_l - float(ref_l[core].mean())
+    detail_sty = lab[..., 0] - float(lab[..., 0][core].mean())
+    lab[..., 0] = np.clip(lab[..., 0] + w * (detail_ref - detail_sty), 0, 100)
     return _rgb(lab)

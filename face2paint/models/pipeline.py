@@ -4,7 +4,8 @@ Each stage is a method over numpy images and plain data, so the worker can run t
 stages (detect | parse | stylize | finalize) and a script can call `run` in one go; both compose
 the same numbers. Models are taken lazily from a `ModelCache`, by role, when a stage first needs
 one: detect uses the detector, parse the parser, stylize the face and the background stylizers
-(the face model of the style preset on aligned crops, its background model on the whole image), finalize none. Parameters (`Params`)
+(the face model of the style preset on aligned crops, its background model on the whole image), finalize
+the detector again (features in place, face models only: features.py). Parameters (`Params`)
 are per call: they change no weights. The face geometry and compositing are `face.FaceHelper`'s.
 """
 
@@ -266,10 +267,46 @@ class Face2Paint:
             return resize_to(self.background_stylizer(small), (w, h))
         return self.background_stylizer(rgb)
 
+    def features_in_place_applies(self, params: Params | None = None) -> bool:
+        """Whether finalize moves the stylized features back (features.py): the parameter is on
+        and the face stylizer is a face model (registry kind "face"; a scenery model barely
+        moves features, and an injected model is left alone)."""
+        from .registry import BY_ID
+
+        if not (params or Params()).features_in_place:
+            return False
+        spec = BY_ID.get(self.choice("stylize").model_id)
+        return spec is not None and spec.kind == "face"
+
+    def place_features(self, faces: FaceBatch, crops: list[np.ndarray],
+                       params: Params | None = None) -> tuple[list[np.ndarray], list[dict]]:
+        """The stylized crops with their features moved back to the input's landmarks (with the
+        detector; see features.py), and per face what was done. Unchanged when it does not
+        apply or the batch carries no landmarks."""
+        from .features import MIN_EYE_PX, features_in_place
+
+        if not crops or not self.features_in_place_applies(params):
+            return list(crops), [{"applied": False, "reason": "off"} for _ in crops]
+        out, infos = [], []
+        for i, (crop, target) in enumerate(zip(crops, faces.landmarks)):
+            if faces.eye_px(i) < MIN_EYE_PX:
+                c, info = crop, {"applied": False, "reason": "face too small in the photo"}
+            else:
+                c, info = features_in_place(crop, target, self.detector)
+            out.append(c)
+            infos.append(info)
+        return out, infos
+
     def finalize(self, background: np.ndarray, faces: FaceBatch, crops: list[np.ndarray],
                  original_size: tuple[int, int], params: Params | None = None,
-                 face2paint: bool = True) -> np.ndarray:
-        """Paste the faces back and sharpen (face2paint), at the input's original size. No model."""
+                 face2paint: bool = True, features: list | None = None) -> np.ndarray:
+        """Move the stylized features back into place (face models; the detector), paste the
+        faces back and sharpen (face2paint), at the input's original size. `features`, when
+        given, receives what the features-in-place step did per face."""
+        if face2paint:
+            crops, infos = self.place_features(faces, crops, params)
+            if features is not None:
+                features.extend(infos)
         out = FaceHelper(params).compose(background, faces, crops) if face2paint else background
         if (out.shape[1], out.shape[0]) != tuple(original_size):
             out = resize_to(out, tuple(original_size))
@@ -297,6 +334,9 @@ class Face2Paint:
         # face2paint off: plain stylization of the whole image, the baseline it is measured against.
         with timer("stylize_background"):
             background = self.stylize_background(rgb, params)
+        features: list[dict] = []
         with timer("paste_post"):
-            out = self.finalize(background, batch, crops, original, params, face2paint)
+            out = self.finalize(background, batch, crops, original, params, face2paint, features)
+        for a, info in zip(aligned, features):
+            a.flags = {**a.flags, "features_in_place": info}
         return Result(out, faces, aligned, timer.timings, self.models, face2paint, crops)

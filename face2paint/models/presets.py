@@ -57,9 +57,11 @@ NAMED: tuple[Preset, ...] = (
     Preset("comic", "animeganv3-comic", "animeganv3-comic", "comic / caricature, bold ink lines"),
     Preset("arcane", "animeganv3-arcane", "animeganv3-arcane", "painterly 3D in the style of Arcane"),
     Preset("cute", "animeganv3-cute", "animeganv3-cute", "3D-doll cartoon: big glossy eyes"),
-    # A sketch is black ink on white: bringing the photo's skin colour back would undo it.
+    # A sketch is black ink on white: bringing the photo's skin colour (or its shading on small
+    # faces) back would undo it.
     Preset("sketch", "animeganv3-portrait-sketch", "animeganv3-portrait-sketch",
-           "black-ink line sketch", MappingProxyType({"skin_tone": False})),
+           "black-ink line sketch",
+           MappingProxyType({"skin_tone": False, "small_face_structure": False})),
     Preset("face-paint", "animeganv2-face-paint-512-v2", "animeganv2-paprika",
            "AnimeGANv2 face_paint_512_v2 faces on a Paprika background (bryandlee; `models pull` both)"),
 )

@@ -72,6 +72,16 @@ class Params:
     # mask), keeping the model's shading; glasses and beards get their structure back where the
     # face model smudged them (models/keep.py). Face models whiten dark skin without it.
     skin_tone: bool = True
+    # Faces small in the photo (eyes closer than 32 px): blend the input's lightness structure
+    # back into the stylized face (models/keep.py), since a face model draws a featureless face
+    # from an upscaled blur.
+    small_face_structure: bool = True
+    # Face models only (registry kind "face"): find the five landmarks again on the stylized
+    # crop and warp it gently (thin-plate spline, border fixed, displacement capped) so eyes,
+    # nose and mouth corners return to the input's positions (models/features.py). Off by
+    # default: it moves RetinaFace's landmarks back, but dlib's independent landmarks on the
+    # same outputs move further away on large faces (docs/QUALITY.md, 2026-12-02 realign).
+    features_in_place: bool = False
 
 
 @dataclass

@@ -8,9 +8,11 @@ the five landmarks are detected again on each stylized output and compared with 
   distance of the input face;
 - distorted: NLE > 0.1, or the face is no longer found on the output ("lost");
 - structure: SSIM of luminance on the input face box (Gaussian windows, OpenCV/numpy only);
-- identity and skin tone, when the eval extra is installed (face_metrics.py): dlib face
-  descriptor distance between input and output (the same person below 0.6) and CIEDE2000 of
-  the mean skin colour under the parser's skin mask.
+- identity, skin tone and a second landmark model, when the eval extra is installed
+  (face_metrics.py): dlib face descriptor distance between input and output (the same person
+  below 0.6), CIEDE2000 of the mean skin colour under the parser's skin mask, and the NLE of
+  dlib's 68-point predictor mapped to the same five points (dlib_landmarks.py): independent of
+  RetinaFace, which the recipe's features-in-place step itself uses.
 
 Input and outputs are compared at the same (capped) resolution, so coordinates agree. The
 result is a plain dict (also written as report.json), a Markdown summary and a contact sheet.
@@ -249,6 +251,9 @@ def evaluate(
             if face_metrics else "not measured (needs the eval extra)",
             "skin_tone": "CIEDE2000 of the mean skin CIELAB under the parser's skin mask"
             if face_metrics else "not measured (needs the eval extra)",
+            "dlib_landmarks": "dlib 68-point shape predictor in the input face box, mapped to "
+            "eye centres, nose tip and mouth corners; distorted when NLE > "
+            f"{DISTORTION_THRESHOLD}" if face_metrics else "not measured (needs the eval extra)",
             "max_side": max_side,
             "warmup": warmup,
         },
@@ -397,6 +402,10 @@ def _group_stats(recs: list[dict]) -> dict:
     # with / without: below 1 means face2paint distorts fewer faces. Undefined when the
     # baseline distorts none.
     stats["distortion_ratio"] = b / a if a else None
+    # The same two ratios by dlib's landmarks (the independent check).
+    p, a, b = (stats[m]["dlib_distortion_rate"] for m in ("plain", "without", "with"))
+    stats["dlib_plain_ratio"] = b / p if p and b is not None else None
+    stats["dlib_distortion_ratio"] = b / a if a and b is not None else None
     ta, tb = stats["without"]["time_per_image_s"], stats["with"]["time_per_image_s"]
     stats["overhead_pct"] = (tb / ta - 1) * 100 if ta and tb is not None else None
     return _rounded(stats)
@@ -406,7 +415,12 @@ def _person_stats(ms: list[dict]) -> dict:
     """Identity and skin tone over the faces that were measured (eval extra installed)."""
     ids = [m["identity"] for m in ms if m.get("identity") is not None]
     des = [m["skin_de"] for m in ms if m.get("skin_de") is not None]
+    dl = [m for m in ms if "dlib_distorted" in m]
+    dl_distorted = sum(m["dlib_distorted"] for m in dl)
     return {
+        "dlib_distorted": dl_distorted if dl else None,
+        "dlib_distortion_rate": dl_distorted / len(dl) if dl else None,
+        "dlib_mean_nle": _mean(m.get("dlib_nle") for m in dl),
         "mean_identity": _mean(ids),
         "same_person_rate": (sum(m["same_person"] for m in ms if "same_person" in m) / len(ids)
                              if ids else None),
@@ -464,6 +478,12 @@ def _rate(m: dict, n: int) -> str:
     return f"{_pct(m['distortion_rate'])} ({m['distorted']}/{n})"
 
 
+def _dlib_rate(m: dict, n: int) -> str:
+    if m.get("dlib_distorted") is None:
+        return "–"
+    return f"{_pct(m['dlib_distortion_rate'])} ({m['dlib_distorted']}/{n})"
+
+
 def _row(name: str, c: dict, metric) -> str:
     return f"| {name} | {c['faces']} | " + " | ".join(metric(c[m]) for m in MODES) + " |"
 
@@ -475,6 +495,7 @@ def _table(title: str, groups: dict) -> list[str]:
     lines = []
     for label, metric in (
         ("distortion rate (lost)", lambda m: f"{_pct(m['distortion_rate'])} ({m['lost']})"),
+        ("distortion rate by dlib's 68-point landmarks", lambda m: _pct(m["dlib_distortion_rate"])),
         ("same person (dlib distance < 0.6)", lambda m: _pct(m["same_person_rate"])),
         ("skin CIEDE2000 median / max", lambda m: f"{_num(m['median_skin_de'], 1)} / {_num(m['max_skin_de'], 1)}"),
     ):
@@ -511,6 +532,8 @@ def summary_markdown(report: dict) -> str:
         f"| lost faces | {cells(lambda m: str(m['lost']))} |",
         f"| mean NLE (found faces) | {cells(lambda m: _num(m['mean_nle']))} |",
         f"| median NLE (found faces) | {cells(lambda m: _num(m['median_nle']))} |",
+        f"| distortion rate, dlib 68-point landmarks | {cells(lambda m: _dlib_rate(m, n))} |",
+        f"| mean NLE, dlib landmarks | {cells(lambda m: _num(m['dlib_mean_nle']))} |",
         f"| face SSIM | {cells(lambda m: _num(m['mean_ssim']))} |",
         f"| same person (descriptor distance < 0.6) | {cells(lambda m: _pct(m['same_person_rate']))} |",
         f"| mean descriptor distance | {cells(lambda m: _num(m['mean_identity']))} |",
@@ -518,7 +541,9 @@ def summary_markdown(report: dict) -> str:
         f"| time per image | {cells(lambda m: _secs(m['time_per_image_s']))} |",
         "",
         f"Ratio of distortion rates, recipe / face model on the whole photo: "
-        f"{_num(o['distortion_ratio'], 2)}; recipe / plain paste: {_num(o['plain_ratio'], 2)}.", "",
+        f"{_num(o['distortion_ratio'], 2)}; recipe / plain paste: {_num(o['plain_ratio'], 2)}. "
+        f"By dlib's landmarks: {_num(o['dlib_distortion_ratio'], 2)} and "
+        f"{_num(o['dlib_plain_ratio'], 2)}.", "",
         "## Per case", "",
     ]
     lines += _table("case", s["per_case"])

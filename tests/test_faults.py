@@ -533,6 +533,37 @@ def test_broker_connections_dropped_while_a_stage_runs(stack, client, db, storag
     assert_workers_alive(stack)
 
 
+def test_a_stale_copy_of_an_earlier_stage_leaves_the_running_stage_alone(stack, client, db,
+                                                                         storage, tmp_path):
+    """The race behind the test above, made certain: while finalize runs, a copy of the item's
+    stylize message arrives (what a restored message is, or a sweep that raced the hand-off).
+    The worker that gets it must drop it as stale, not resume at finalize and start a second
+    finalize attempt (that would end the running one as a duplicate: wasted work)."""
+    from face2paint.settings import Settings
+    from face2paint.worker.app import enqueue_items, make_celery
+
+    victim = "pause-finalize-stale.png"
+    job_id, ids = submit(client, tmp_path, [victim, "sibling-1.png"])
+    item_id = ids[victim]
+    wait_paused(stack, "finalize", item_id)
+    app = make_celery(Settings(broker_url=stack.base_env["FACE2PAINT_BROKER_URL"]))
+    enqueue_items([item_id], "stylize", app=app)
+    dropped = f"stage stylize for item {item_id} ignored"
+    deadline = time.monotonic() + 30
+    while (time.monotonic() < deadline and len(attempts_of(db, item_id, "finalize")) < 2
+           and not any(dropped in stack.log(f"worker{i}") for i in range(stack.n_workers))):
+        time.sleep(0.1)
+    release(stack, "finalize", item_id)
+    job = wait_job(db, job_id)
+    fig, items = audit(db, storage, job_id, "stale stylize copy mid-finalize")
+    rows = attempts_of(db, item_id, "finalize")
+    fig.note = f"finalize ran {len(rows)}x: {', '.join(str(r.outcome) for r in rows)}"
+    assert_recovered(job, fig)
+    assert [r.outcome for r in rows] == ["succeeded"], rows
+    assert [r.outcome for r in attempts_of(db, item_id, "stylize")] == ["succeeded"]
+    assert_workers_alive(stack)
+
+
 def test_sweeper_resends_only_items_whose_task_is_gone(pg_server, redis_server, s3_server):
     """The sweeper against a broker nobody consumes from (its own database and Redis db, so
     the stack's API sweeper does not see these items): an item stalled behind a backlog, whose

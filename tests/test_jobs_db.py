@@ -169,7 +169,7 @@ def test_migrations_build_exactly_the_models_schema(empty_db_url):
     assert migrate.current(empty_db_url) is None
     migrate.upgrade(empty_db_url)
     migrate.upgrade(empty_db_url)  # a second run is a no-op
-    assert migrate.current(empty_db_url) == migrate.head_revision() == "0003_privacy"
+    assert migrate.current(empty_db_url) == migrate.head_revision() == "0004_attempt_task"
     assert migrate.is_up_to_date(empty_db_url)
     assert _diff(empty_db_url, db.Base.metadata) == []
 

@@ -234,7 +234,9 @@ class FaceRow(Base):
 class StageAttempt(Base):
     """One run of one stage on one item, for auditing and metrics.
 
-    finished_at stays NULL when the worker died mid-stage.
+    finished_at stays NULL when the worker died mid-stage. task_id is the broker message
+    that carries the attempt (a merged stage runs under the message of the stage before it):
+    a redelivered copy of another message must not take the stage over (worker/tasks.py).
     """
 
     __tablename__ = "stage_attempts"
@@ -249,6 +251,7 @@ class StageAttempt(Base):
     finished_at: Mapped[datetime | None]
     outcome: Mapped[Outcome | None] = mapped_column(EnumText(Outcome, 16))
     error: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class WebhookDelivery(Base):

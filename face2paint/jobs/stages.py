@@ -67,8 +67,10 @@ def begin_stage(
     worker: str | None = None,
     *,
     settings: Settings | None = None,
+    task_id: str | None = None,
 ) -> StageAttempt | None:
     """Start an attempt at `stage` for the item, or return None if the task should not run.
+    `task_id`: the broker message that carries the attempt.
 
     None when: the item is unknown or terminal (done, failed, canceled); the task is a stale
     duplicate of an earlier stage or out of order; or this attempt would exceed
@@ -111,7 +113,8 @@ def begin_stage(
         item.started_at = now
     item.updated_at = now
     attempt = StageAttempt(
-        item_id=item_id, stage=stage, attempt=attempts, worker=worker, started_at=now
+        item_id=item_id, stage=stage, attempt=attempts, worker=worker, started_at=now,
+        task_id=task_id,
     )
     session.add(attempt)
     # The first stage to start moves the job from queued to running; a conditional UPDATE, so

@@ -224,11 +224,16 @@ class StageTask(Task):
         if stage_index(item.stage) <= stage_index(stage):
             return stage
         target = item.stage
-        latest = session.scalar(
-            select(StageAttempt.outcome).where(StageAttempt.item_id == item_id,
-                                               StageAttempt.stage == target)
-            .order_by(StageAttempt.id.desc()).limit(1))
-        if latest == Outcome.SUCCEEDED and next_stage(target) is not None:
+        latest = session.execute(
+            select(StageAttempt.outcome, StageAttempt.task_id)
+            .where(StageAttempt.item_id == item_id, StageAttempt.stage == target)
+            .order_by(StageAttempt.id.desc()).limit(1)).first()
+        outcome, carrier = latest if latest is not None else (None, None)
+        if carrier is not None and carrier != self.request.id:
+            # Another message carries the later stage (published, not merged): this one is a
+            # stale copy (restored after a broker connection drop), and begin_stage drops it.
+            return stage
+        if outcome == Outcome.SUCCEEDED and next_stage(target) is not None:
             target = next_stage(target)
         served = worker_queues(self.app)
         path = STAGES[stage_index(stage) + 1: stage_index(target) + 1]
@@ -409,7 +414,8 @@ class StageTask(Task):
                 goes_on = finish_stage(s, attempt_id, timings, output_key=outcome.get("output_key"),
                                        face_count=outcome.get("face_count"), models=used)
                 if goes_on and merge:
-                    following = begin_stage(s, item_id, nxt, self._worker_name())
+                    following = begin_stage(s, item_id, nxt, self._worker_name(),
+                                            task_id=self.request.id)
                     if following is None:
                         # Canceled meanwhile (or over the cap): the job's counts follow the item.
                         refresh_job(s, job_id)
@@ -478,7 +484,7 @@ class StageTask(Task):
                 end_stage(s, outage["attempt"], "outage", error=outage.get("error"))
         with session_scope() as s:
             stage = self.resume_stage(s, item_id)
-            attempt = begin_stage(s, item_id, stage, self._worker_name())
+            attempt = begin_stage(s, item_id, stage, self._worker_name(), task_id=self.request.id)
             if attempt is None:
                 # Terminal, canceled, stale, or over the attempt cap (begin_stage recorded why).
                 item = s.get(Item, item_id)

@@ -45,12 +45,17 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from face2paint.models.presets import get_preset
+from face2paint.models.types import Params
+from face2paint.settings import Settings
+
 STAGES = ("detect", "parse", "stylize", "finalize")
 CPU_QUEUES = ("detect", "parse", "finalize")
 GPU_QUEUES = ("stylize",)
 RESULTS = Path(__file__).resolve().parent / "results"
-MAX_SIDE = 1920            # FACE2PAINT_MAX_SIDE: photos are capped before any model runs
-BACKGROUND_MAX_SIDE = 1024  # Params.background_max_side
+MAX_SIDE = Settings.model_fields["max_side"].default  # photos are capped before any model runs
+BACKGROUND_MAX_SIDE = Params().background_max_side
+DEFAULT_PRESET = get_preset("anime")  # the default style where its weights are present
 # Parsing, refinement and keep per processed face with the anime preset (JP_face framing at
 # 512 px): the parse stage's run time in the capacity check's calibration (capacity.json).
 PARSE_PER_FACE_S = 0.44
@@ -110,8 +115,8 @@ def _interp(points: list[tuple[float, float]], x: float) -> float:
 class BenchmarkModel:
     """Stage costs from bench/results/stages.json and e2e.json, for photos of any size."""
 
-    def __init__(self, stages: dict, e2e: dict, *, stylizer: str = "animeganv3-hayao",
-                 face_stylizer: str | None = "animeganv3-jp-face",
+    def __init__(self, stages: dict, e2e: dict, *, stylizer: str = DEFAULT_PRESET.background_model,
+                 face_stylizer: str | None = DEFAULT_PRESET.face_model,
                  detector: str = "retinaface-mnet025", face_px: int = 512, cores: int = 2,
                  gpu_speedup: float | None = None):
         rows = stages["rows"]
@@ -696,8 +701,9 @@ def main(argv=None) -> int:
         p.add_argument("--stages", default=str(RESULTS / "stages.json"))
         p.add_argument("--e2e", default=str(RESULTS / "e2e.json"))
         # The `anime` preset (the default style): JP_face on 512² faces, v3 Hayao behind them.
-        p.add_argument("--stylizer", default="animeganv3-hayao", help="the background model")
-        p.add_argument("--face-stylizer", default="animeganv3-jp-face",
+        p.add_argument("--stylizer", default=DEFAULT_PRESET.background_model,
+                       help="the background model")
+        p.add_argument("--face-stylizer", default=DEFAULT_PRESET.face_model,
                        help="the face model (default: the anime preset's; '' = --stylizer)")
         p.add_argument("--cores", type=int, default=2, help="cores per worker host (the figures' machine: 2)")
         p.add_argument("--gpu-speedup", type=float, default=None,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from face2paint.models.presets import get_preset
+
 
 def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
     for _ in range(warmup):
@@ -108,7 +110,7 @@ def main() -> None:
 
 
 # The `anime` preset's generators (the default style when their weights are present).
-PRESET_GENERATORS = ("animeganv3-jp-face", "animeganv3-hayao")
+PRESET_GENERATORS = get_preset("anime").models
 
 
 def preset_generators(cache, sizes, repeat, add) -> None:

@@ -213,6 +213,9 @@ def analyze_face(crop: np.ndarray, labels: np.ndarray, masks: dict | None = None
 
 CLAHE_CLIP = 2.0
 CLAHE_TILES = 4
+# The kernel's radius in spatial sigmas: past 1.5 the weights add little (exp(-1.1) at the
+# rim) and the cost grows with the square (docs/BENCHMARKS.md, "Per-face CPU work").
+SKIN_BILATERAL_REACH = 1.5
 SKIN_BILATERAL_SIGMA_COLOR = 9.0  # Lab units: pores and blotches go, cheek/nose shading stays
 LIP_UNIFY = 0.5  # share of the way lip a/b move towards the lips' median
 MAKEUP_SOFTEN = 0.5  # heavy make-up: skin smoothing and lip unification scaled by this
@@ -277,7 +280,7 @@ def refine_face(crop: np.ndarray, masks: dict, params: Params | None = None,
     factor = float(params.skin_smoothing_factor) * (MAKEUP_SOFTEN if makeup else 1.0)
     if factor > 0 and skin.max() > 0:
         sigma_space = max(1.0, 0.01 * s)
-        d = int(2 * round(2 * sigma_space) + 1)
+        d = int(2 * round(SKIN_BILATERAL_REACH * sigma_space) + 1)
         wgt = np.clip(factor, 0, 1) * _inner(skin, 0.012 * s, 0.004 * s)
         ys, xs = np.nonzero(wgt > 1e-3)
         if ys.size:

@@ -212,8 +212,12 @@ class StageTask(Task):
 
     def resume_stage(self, session, item_id: str) -> str:
         """The stage to begin for this message. Normally the task's own; a merged task
-        redelivered after its worker died finds the item in a later stage (which it ran
-        itself) and resumes there: that stage again, or the next one if it had finished."""
+        redelivered after its worker died finds the item in a later stage, which it began
+        itself and did not finish, and runs that stage again. Any other later stage belongs to
+        another message: its latest attempt was carried by another task, or it succeeded and
+        handed the next stage to the broker (a crash before that publish is the sweeper's).
+        Then this message is a stale copy (one a broker connection drop put back in the
+        queue) and begins its own stage, which begin_stage drops."""
         stage = self.stage
         settings = self.resources.settings
         if not settings.merge_stages:
@@ -229,12 +233,8 @@ class StageTask(Task):
             .where(StageAttempt.item_id == item_id, StageAttempt.stage == target)
             .order_by(StageAttempt.id.desc()).limit(1)).first()
         outcome, carrier = latest if latest is not None else (None, None)
-        if carrier is not None and carrier != self.request.id:
-            # Another message carries the later stage (published, not merged): this one is a
-            # stale copy (restored after a broker connection drop), and begin_stage drops it.
+        if outcome == Outcome.SUCCEEDED or (carrier is not None and carrier != self.request.id):
             return stage
-        if outcome == Outcome.SUCCEEDED and next_stage(target) is not None:
-            target = next_stage(target)
         served = worker_queues(self.app)
         path = STAGES[stage_index(stage) + 1: stage_index(target) + 1]
         if all(s in served for s in path):

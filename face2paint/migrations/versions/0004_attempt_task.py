@@ -18,7 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Attempts made before this revision have no task id: they resume as before.
+    # Attempts made before this revision have no task id: the carrier check skips them.
     op.add_column("stage_attempts", sa.Column("task_id", sa.String(64), nullable=True))
 
 

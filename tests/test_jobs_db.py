@@ -187,6 +187,26 @@ def test_migrations_build_exactly_the_models_schema(empty_db_url):
     engine.dispose()
 
 
+def test_an_sqlite_upgrade_from_empty_commits_once(tmp_path):
+    # SQLite's guard against concurrent upgrades is its write lock (PostgreSQL's is an advisory
+    # lock that outlives commits). One transaction from the version read to the last step: a commit between steps would
+    # release SQLite's write lock to a process holding a stale plan (the cause of a CI failure
+    # in the test below: a column added twice).
+    commits = []
+
+    def count(conn):
+        commits.append(conn)
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    sa.event.listen(sa.engine.Engine, "commit", count)
+    try:
+        migrate.upgrade(url)
+    finally:
+        sa.event.remove(sa.engine.Engine, "commit", count)
+    assert migrate.current(url) == migrate.head_revision()
+    assert len(commits) == 1
+
+
 def test_concurrent_upgrades_take_turns(empty_db_url):
     # Separate processes, as API replicas and workers are (Alembic itself is not thread-safe).
     code = "import sys; from face2paint.jobs.migrate import upgrade; upgrade(sys.argv[1])"

@@ -1,6 +1,6 @@
 """Alembic environment: runs on the connection face2paint.jobs.migrate hands over, or on an
 engine built from sqlalchemy.url (default: the database the settings name). SQLite gets batch
-mode (it cannot ALTER most things)."""
+mode (it cannot ALTER most things) and one transaction for the whole upgrade."""
 
 from __future__ import annotations
 
@@ -34,7 +34,16 @@ def run_offline() -> None:
 
 
 def _run(connection) -> None:
-    _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
+    sqlite = connection.dialect.name == "sqlite"
+    # Alembic treats SQLite DDL as non-transactional and commits after each migration, which
+    # lets a second process take the write lock between steps with a stale plan (and add a
+    # column twice). Our SQLite engine runs every statement inside BEGIN IMMEDIATE, so DDL is
+    # transactional there: the whole upgrade is one transaction under one write lock.
+    _configure(
+        connection=connection,
+        render_as_batch=sqlite,
+        transactional_ddl=True if sqlite else None,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

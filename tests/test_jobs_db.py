@@ -188,15 +188,11 @@ def test_migrations_build_exactly_the_models_schema(empty_db_url):
 
 
 def test_an_sqlite_upgrade_from_empty_commits_once(tmp_path):
-    # SQLite's guard against concurrent upgrades is its write lock (PostgreSQL's is an advisory
-    # lock that outlives commits). One transaction from the version read to the last step: a commit between steps would
-    # release SQLite's write lock to a process holding a stale plan (the cause of a CI failure
-    # in the test below: a column added twice).
+    # On SQLite the write lock is what makes concurrent upgrades take turns (PostgreSQL's
+    # advisory lock outlives commits). A commit between steps would hand the lock to a process
+    # with a stale plan, which then applies a step again (a column added twice).
     commits = []
-
-    def count(conn):
-        commits.append(conn)
-
+    count = commits.append  # one bound method: remove() must get the object listen() got
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     sa.event.listen(sa.engine.Engine, "commit", count)
     try:

@@ -32,7 +32,9 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
+
+from ..jobs.redis_client import redis_client_for
 
 log = logging.getLogger("face2paint.ratelimit")
 
@@ -120,38 +122,6 @@ class RedisBuckets:
     def take(self, bucket: str, capacity: float, rate: float, cost: int = 1) -> tuple[bool, float, float]:
         allowed, tokens, retry = self._script(keys=[bucket], args=[capacity, rate, cost])
         return bool(int(allowed)), float(tokens), float(retry)
-
-
-def redis_client_for(broker_url: str | None):
-    """A redis-py client for a Celery/kombu Redis broker URL, or None if it is not Redis.
-
-    kombu spells a unix socket `redis+socket:///path/to/sock` (or `socket://`); redis-py
-    wants `unix_socket_path`.
-    """
-    if not broker_url:
-        return None
-    try:
-        import redis
-    except ImportError:  # pragma: no cover - redis is a core dependency
-        return None
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    parts = urlsplit(broker_url)
-    scheme = parts.scheme.lower()
-    # Short timeouts and no retries: a request never waits long on the limiter (see check()).
-    common = dict(socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=30,
-                  retry=Retry(NoBackoff(), 0))
-    if scheme in ("redis", "rediss"):
-        return redis.Redis.from_url(broker_url, **common)
-    if scheme in ("redis+socket", "socket", "unix"):
-        query = parse_qs(parts.query)
-        db = int((query.get("virtual_host") or query.get("db") or ["0"])[0] or 0)
-        return redis.Redis(
-            unix_socket_path=unquote(parts.path), db=db,
-            password=parts.password or None, **common,
-        )
-    return None
 
 
 class RateLimiter:

@@ -84,7 +84,7 @@ class Catalog:
 
     @classmethod
     def from_settings(cls, settings) -> "Catalog":
-        from ..api.ratelimit import redis_client_for
+        from ..jobs.redis_client import redis_client_for
 
         return cls(redis_client_for(settings.broker_url))
 
@@ -131,7 +131,7 @@ def install(app) -> None:
             self.models: list[str] | None = None
 
         def start(self, worker):
-            from ..api.ratelimit import redis_client_for
+            from ..jobs.redis_client import redis_client_for
             from ..settings import get_settings
 
             self.client = redis_client_for(get_settings().broker_url)

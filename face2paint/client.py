@@ -332,20 +332,70 @@ class Job:
         return self
 
     def wait(self, progress: Callable[["Job"], Any] | None = None, poll: float = 0.5,
-             timeout: float | None = None) -> "Job":
-        """Poll the job's status until it is finished; `progress(job)` after each poll.
-        WaitTimeout after `timeout` seconds (the job goes on on the server)."""
-        start = time.monotonic()
+             timeout: float | None = None, *, follow: bool = True) -> "Job":
+        """Wait until the job is finished; `progress(job)` after each change seen.
+        WaitTimeout after `timeout` seconds (the job goes on on the server).
+
+        Follows the job's event stream (GET /v1/jobs/{id}/events): the server sends each
+        change as it is committed, so the wait ends as the job does, with one open request
+        instead of a poll every `poll` seconds. If the stream cannot be read (a proxy that
+        buffers it, a server without it), or with follow=False, it polls every `poll` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if follow:
+            try:
+                if self._follow(progress, deadline, timeout):
+                    return self
+            except WaitTimeout:
+                raise
+            except (ClientError, httpx.HTTPError, ValueError) as e:
+                if isinstance(e, ClientError) and e.status in _FINAL_FOR_WAIT:
+                    raise  # polling would be told the same
+                # Otherwise polled from here on (a 429, 5xx or broken stream included).
         while True:
             self.refresh()
             if progress is not None:
                 progress(self)
             if self.finished:
                 return self
-            if timeout is not None and time.monotonic() - start > timeout:
-                raise WaitTimeout(f"job {self.id} still {self.status} ({self.done}/{self.total}) "
-                                  f"after {timeout:g} s; wait again, or cancel it")
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._timed_out(timeout)
             time.sleep(poll)
+
+    def _timed_out(self, timeout: float | None) -> "WaitTimeout":
+        if "progress" not in self.data:  # nothing heard yet
+            self.refresh()
+        return WaitTimeout(f"job {self.id} still {self.status} ({self.done}/{self.total}) "
+                           f"after {timeout:g} s; wait again, or cancel it")
+
+    def _follow(self, progress, deadline: float | None, timeout: float | None) -> bool:
+        """Read the event stream until the job ends (True), or until it closes without an
+        end (False: the caller polls). Reconnects after each quiet read timeout."""
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise self._timed_out(timeout)
+            # The server sends a keep-alive every 15 s: a read waits at most a little longer.
+            read = _STREAM_READ_S if left is None else min(_STREAM_READ_S, left)
+            try:
+                with self.client.http.stream(
+                        "GET", f"/v1/jobs/{self.id}/events",
+                        timeout=httpx.Timeout(self.client.timeout, read=read)) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        raise error_for(r)
+                    for event, data in _sse_events(r.iter_lines()):
+                        if event == "gone":
+                            self.refresh()  # raises the server's NotFound or Gone
+                            return False
+                        if event in ("job", "end"):
+                            self.data = json.loads(data)
+                            if progress is not None:
+                                progress(self)
+                            if event == "end":
+                                return True
+                return False
+            except httpx.ReadTimeout:
+                continue  # quiet for longer than a keep-alive (or the deadline came): again
 
     def download(self, folder: Union[str, Path]) -> list[Path]:
         """Write each succeeded item's result into `folder`, named as the server names it
@@ -367,6 +417,29 @@ class Job:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+# A wait that meets these on the stream raises them, as its polling would.
+_FINAL_FOR_WAIT = frozenset({401, 403, 404, 410})
+_STREAM_READ_S = 30.0  # twice the server's keep-alive interval
+
+
+def _sse_events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) of a text/event-stream, from its lines (comments and retry skipped)."""
+    event, data = "message", []
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                event = value
+            elif field == "data":
+                data.append(value)
 
 
 def _as_list(photos) -> list:

@@ -18,6 +18,7 @@ from face2paint.client import (
     ClientError,
     ConnectionFailed,
     InvalidRequest,
+    Job,
     NotFound,
     RateLimited,
     Unauthorized,
@@ -118,6 +119,7 @@ class Scripted(ThreadingHTTPServer):
     def __init__(self, script):
         self.script = list(script)
         self.requests = []
+        self.job_status = "queued"
         super().__init__(("127.0.0.1", 0), _Handler)
 
 
@@ -129,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv.requests.append((self.command, self.path, self.headers.get("idempotency-key"), len(body)))
         status, headers = srv.script.pop(0) if srv.script else (200, {})
         payload = {"detail": f"scripted {status}"} if status >= 400 else {
-            "id": "a" * 32, "status": "queued", "progress": {"done": 0, "total": 1}}
+            "id": "a" * 32, "status": srv.job_status, "progress": {"done": 0, "total": 1}}
         data = json.dumps(payload).encode()
         self.send_response(status)
         for k, v in headers.items():
@@ -192,6 +194,15 @@ def test_retries_are_bounded_and_their_waits_capped(scripted):
     with Client(url, "k", retries=1, sleep=slept.append) as c:
         with pytest.raises(Unavailable):
             c.job("a" * 32)
+
+
+def test_a_wait_whose_event_stream_fails_polls_instead(scripted):
+    srv, url = scripted((503, {}))
+    srv.job_status = "succeeded"
+    with Client(url, "k", retries=0) as c:
+        job = Job(c, {"id": "a" * 32}).wait(poll=0.01, timeout=30)
+    assert job.status == "succeeded"
+    assert [p for _, p, _, _ in srv.requests] == [f"/v1/jobs/{'a' * 32}/events", f"/v1/jobs/{'a' * 32}"]
 
 
 def test_photos_may_be_given_several_ways(scripted, tmp_path):

@@ -17,12 +17,15 @@ import uvicorn
 from PIL import Image
 
 from face2paint.api.app import create_app
+from face2paint.api.routes import events
 from face2paint.cli.stack import free_port
 from face2paint.jobs.api_keys import create_api_key
 from face2paint.jobs.db import make_engine, session_factory, session_scope
 from face2paint.jobs.migrate import upgrade
+from face2paint.jobs.notices import Publisher, publish_after_commit
 from face2paint.jobs.stages import begin_stage, fail_item, finish_stage
 from face2paint.jobs.states import STAGES
+from face2paint.client import Client
 from face2paint.settings import Settings
 from tests.service_stack import fresh_database
 
@@ -37,8 +40,25 @@ def _png() -> bytes:
 
 @pytest.fixture
 def server(pg_url, tmp_path):
-    settings = Settings(home=tmp_path, database_url=fresh_database(pg_url), broker_url="memory://",
-                        storage_url=str(tmp_path / "storage"), rate_limit_per_minute=0)
+    yield from _serve(Settings(home=tmp_path, database_url=fresh_database(pg_url),
+                               broker_url="memory://", storage_url=str(tmp_path / "storage"),
+                               rate_limit_per_minute=0))
+
+
+@pytest.fixture
+def notified_server(pg_url, redis_url, tmp_path, monkeypatch):
+    """The API with Redis as its broker, and a poll so slow (60 s) that a stream can only
+    hear of a change within the tests' 20 s through its notice; the test's sessions announce
+    their commits as a worker's do."""
+    monkeypatch.setattr(events, "POLL_S", 60.0)
+    for app, http, sessions, other in _serve(Settings(
+            home=tmp_path, database_url=fresh_database(pg_url), broker_url=redis_url,
+            storage_url=str(tmp_path / "storage"), rate_limit_per_minute=0)):
+        publish_after_commit(sessions, Publisher.for_broker(redis_url))
+        yield app, http, sessions, other
+
+
+def _serve(settings):
     upgrade(settings.resolved_database_url)
     app = create_app(settings, sweeper=False)
     port = free_port()
@@ -156,3 +176,55 @@ def test_events_need_the_owners_key(server):
     assert httpx.get(f"{http.base_url}{url}").status_code == 401
     assert http.get(url, headers={"Authorization": f"Bearer {other}"}).status_code == 404
     assert http.get(f"/v1/jobs/{'0' * 32}/events").status_code == 404
+
+
+def _run_item(sessions, item_id: str) -> None:
+    for stage in STAGES:
+        with session_scope(sessions) as s:
+            attempt = begin_stage(s, item_id, stage, "test").id
+        with session_scope(sessions) as s:
+            assert finish_stage(s, attempt, output_key="jobs/x/result.png" if stage == STAGES[-1] else None)
+
+
+def test_a_stream_hears_each_change_when_it_is_committed(notified_server):
+    app, http, sessions, other = notified_server
+    job_id = http.post("/v1/jobs", files=[("files", ("a.png", _png(), "image/png"))]).json()["id"]
+    item = http.get(f"/v1/jobs/{job_id}/items").json()[0]["id"]
+    got: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_events, args=(http, f"/v1/jobs/{job_id}/events", got),
+                     daemon=True).start()
+    assert _next(got)[1] == 200
+    assert [(e, d["status"]) for e, d in (_next(got), _next(got))] == [("item", "queued"), ("job", "queued")]
+    # One change, then nothing: the stream sends it long before its 60 s poll.
+    with session_scope(sessions) as s:
+        begin_stage(s, item, "detect", "test")
+    assert [(e, d["status"]) for e, d in (_next(got), _next(got))] == [("item", "detecting"), ("job", "running")]
+    _run_item(sessions, item)  # begins detect again: a retry of the same stage
+    rest = list(iter(lambda: _next(got), None))
+    assert rest[-1][0] == "end" and rest[-1][1]["status"] == "succeeded", rest
+    statuses = [d["status"] for e, d in rest if e == "item"]
+    assert statuses and statuses[-1] == "succeeded"
+    assert statuses == sorted(statuses, key=ITEM_FLOW.index), statuses  # forward only
+
+
+def test_the_clients_wait_ends_with_the_job_not_at_its_next_poll(notified_server):
+    app, http, sessions, other = notified_server
+    job_id = http.post("/v1/jobs", files=[("files", ("a.png", _png(), "image/png"))]).json()["id"]
+    item = http.get(f"/v1/jobs/{job_id}/items").json()[0]["id"]
+    key = http.headers["authorization"].split()[1]
+    seen, done = [], {}
+    with Client(str(http.base_url), key) as client:
+        job = client.job(job_id)
+        # poll=60: were the wait polling, it could not end within the join below.
+        waiter = threading.Thread(target=lambda: done.update(job=job.wait(
+            progress=lambda j: seen.append(j.status), poll=60, timeout=120)), daemon=True)
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while not seen:  # the stream is open: its first event has arrived
+            assert time.monotonic() < deadline, "the wait did not open the stream"
+            time.sleep(0.02)
+        _run_item(sessions, item)
+        waiter.join(20)
+        assert not waiter.is_alive(), "the wait did not end with the job"
+    assert done["job"].status == "succeeded" and done["job"].succeeded == 1
+    assert seen[0] == "queued" and seen[-1] == "succeeded"

@@ -19,6 +19,8 @@ from fastapi.dependencies.utils import get_flat_params
 from fastapi.routing import APIRoute
 
 from ..jobs.db import make_engine, session_factory
+from ..jobs.notices import Publisher, publish_after_commit
+from ..jobs.redis_client import redis_client_for
 from ..jobs.storage import storage_from_settings
 from ..settings import Settings, get_settings
 from . import errors, logs, metrics, site
@@ -47,6 +49,10 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
         state.limiter = RateLimiter.from_settings(settings)
         state.celery = make_celery(settings)
         publish_outbox_after_commit(state.sessions, state.celery)  # webhook deliveries
+        state.notices = Publisher.for_broker(settings.broker_url)  # cancels, for the streams
+        publish_after_commit(state.sessions, state.notices)
+        # The event streams' side: one asyncio client, a pubsub connection per stream.
+        state.redis_async = redis_client_for(settings.broker_url, asyncio=True)
         state.enqueuer = Enqueuer.for_celery(state.celery)
         state.catalog = Catalog.from_settings(settings)  # which models the workers hold
         task = asyncio.create_task(sweep_forever(app)) if sweeper else None
@@ -57,6 +63,10 @@ def create_app(settings: Settings | None = None, *, sweeper: bool = True) -> Fas
                 task.cancel()
             state.limiter.close()
             state.catalog.close()
+            if state.notices is not None:
+                state.notices.close()
+            if state.redis_async is not None:
+                await state.redis_async.aclose()
             state.engine.dispose()
 
     app = FastAPI(

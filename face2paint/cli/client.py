@@ -27,10 +27,11 @@ class Client:
     def items(self, job_id: str) -> list[dict]:
         return self.api.items(job_id)
 
-    def wait(self, job_id: str, on_poll=None, interval_s: float = 0.5, timeout_s: float | None = None) -> dict:
+    def wait(self, job_id: str, on_poll=None, interval_s: float = 0.5,
+             timeout_s: float | None = None, follow: bool = True) -> dict:
         job = api_client.Job(self.api, {"id": job_id})
         show = (lambda j: on_poll(j.data)) if on_poll else None
-        return job.wait(progress=show, poll=interval_s, timeout=timeout_s).data
+        return job.wait(progress=show, poll=interval_s, timeout=timeout_s, follow=follow).data
 
     def download(self, job_id: str, item_id: str) -> bytes:
         return self.api.result(job_id, item_id)[0]

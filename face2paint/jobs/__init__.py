@@ -17,9 +17,11 @@ Owns:
     api_keys.py     create, look up and revoke API keys (stored hashed)
     webhooks.py     the webhook outbox (rows written with the change they report), its
                     retry schedule, which URLs may be called, the keys' signing secrets
+    notices.py      job-change notices on Redis after a commit (followers stop polling)
+    redis_client.py redis-py clients for the broker's Redis URL
     sqlite_check.py refusing a damaged embedded database (or WAL) at start-up
 
-May import: settings, SQLAlchemy, boto3 and the standard library. Never api/, worker/, cli/,
+May import: settings, SQLAlchemy, boto3, redis and the standard library. Never api/, worker/, cli/,
 models/ or tools/, nor torch, onnxruntime or OpenCV.
 
 Transactions, one convention everywhere:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from . import webhooks
+from . import notices, webhooks
 from .db import Item, Job, utcnow
 from .locks import lock_job
 from .states import (
@@ -33,6 +33,7 @@ def refresh_job(session: Session, job_id: str) -> Job | None:
     job = lock_job(session, job_id)
     if job is None:
         return None
+    notices.mark_changed(session, job_id)
     rows = session.execute(
         select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
     ).all()

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from ..settings import Settings, get_settings
 from .db import Item, Job, StageAttempt, utcnow
-from . import webhooks
+from . import notices, webhooks
 from .errors import clip
 from .locks import lock_attempt, lock_item
 from .progress import refresh_job
@@ -108,6 +108,7 @@ def begin_stage(
 
     item.status = target
     item.stage = stage
+    notices.mark_changed(session, item.job_id)
     item.attempts = attempts
     if item.started_at is None:
         item.started_at = now

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 
-from ..jobs import db
+from ..jobs import db, notices
 from ..jobs.storage import storage_from_settings
 from ..settings import Settings, get_settings
 
@@ -27,6 +27,9 @@ class Resources:
 
         sessions = db.session_factory(db.make_engine(self.settings.resolved_database_url))
         publish_outbox_after_commit(sessions)  # webhook deliveries, once their rows are committed
+        # Job-change notices, so that the streams following a job hear of each stage at once.
+        notices.publish_after_commit(sessions,
+                                     notices.Publisher.for_broker(self.settings.broker_url))
         return sessions
 
     def session_scope(self):

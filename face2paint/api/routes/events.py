@@ -1,9 +1,11 @@
 """A job's progress as server-sent events, for the web page and any client that would
 otherwise poll.
 
-The stream holds no database session while it waits: every POLL_S it reads the job and its
-items in a short session of its own, on the threadpool (never on the event loop), and sends
-what changed. It ends after the event that shows the job terminal. Authentication is the
+The stream holds no database session while it waits: it reads the job and its items in a
+short session of its own, on the threadpool (never on the event loop), and sends what changed,
+each time a job-change notice arrives on Redis (jobs/notices.py: a worker or the API committed
+a change to this job) and at the latest every POLL_S, which is all it has when notices are
+lost or the broker is not Redis. It ends after the event that shows the job terminal. Authentication is the
 usual header (the page reads the stream with fetch(), which can send one, rather than with
 EventSource, which cannot: a key in the query string would end up in logs and history).
 """
@@ -11,6 +13,7 @@ EventSource, which cannot: a key in the query string would end up in logs and hi
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import AsyncIterator
 
@@ -22,10 +25,12 @@ from fastapi.responses import StreamingResponse
 from ...jobs.db import unit_of_work
 from ...jobs.errors import NotFound
 from ...jobs.lookup import get_job, list_items
+from ...jobs.notices import channel
 from ...jobs.states import TERMINAL_JOB_STATES
 from .. import schemas
 from ..deps import JobId, OwnerDep
 
+log = logging.getLogger("face2paint.api.events")
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 POLL_S = 0.5
@@ -56,9 +61,22 @@ async def job_events(job_id: JobId, request: Request, owner: OwnerDep):
     first = await run_in_threadpool(_snapshot, sessions, job_id, owner)
 
     async def events() -> AsyncIterator[bytes]:
+        async with _Notices(request.app.state, job_id) as notices:
+            async for chunk in _stream(notices):
+                yield chunk
+
+    async def _stream(notices: "_Notices") -> AsyncIterator[bytes]:
         yield b"retry: 2000\n\n"
         sent_job, sent_items = None, {}
         snapshot, last_sent = first, time.monotonic()
+        if notices.pubsub is not None:
+            # A change committed between the first read and the subscription sent no notice
+            # this stream heard: read once more, now that every later one will be heard.
+            try:
+                snapshot = await run_in_threadpool(_snapshot, sessions, job_id, owner)
+            except NotFound:
+                yield _event("gone", json.dumps({"id": job_id}))
+                return
         while True:
             job, items = snapshot
             for item in items:
@@ -78,7 +96,7 @@ async def job_events(job_id: JobId, request: Request, owner: OwnerDep):
             if time.monotonic() - last_sent >= KEEPALIVE_S:
                 yield b": keep-alive\n\n"
                 last_sent = time.monotonic()
-            await anyio.sleep(POLL_S)
+            await notices.wait(POLL_S)
             try:
                 snapshot = await run_in_threadpool(_snapshot, sessions, job_id, owner)
             except NotFound:
@@ -87,3 +105,50 @@ async def job_events(job_id: JobId, request: Request, owner: OwnerDep):
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+class _Notices:
+    """This job's change notices (jobs/notices.py) for one stream: `wait(s)` returns when one
+    arrives or after s seconds. Without Redis, or once it fails, it only sleeps (polling)."""
+
+    def __init__(self, state, job_id: str):
+        self.client = getattr(state, "redis_async", None)
+        self.channel = channel(job_id)
+        self.pubsub = None
+
+    async def __aenter__(self) -> "_Notices":
+        if self.client is not None:
+            try:
+                self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                await self.pubsub.subscribe(self.channel)
+            except Exception as e:  # noqa: BLE001 - the stream polls instead
+                log.debug("no job-change notices for this stream (%r); polling", e)
+                await self._drop()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._drop()
+
+    async def wait(self, timeout_s: float) -> None:
+        if self.pubsub is None:
+            await anyio.sleep(timeout_s)
+            return
+        deadline = time.monotonic() + timeout_s
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                if await self.pubsub.get_message(timeout=left) is not None:
+                    # Several commits may have come together: one snapshot answers them all.
+                    while await self.pubsub.get_message(timeout=0) is not None:
+                        pass
+                    return
+        except Exception as e:  # noqa: BLE001 - the stream polls instead
+            log.debug("job-change notices lost (%r); polling", e)
+            await self._drop()
+
+    async def _drop(self) -> None:
+        pubsub, self.pubsub = self.pubsub, None
+        if pubsub is not None:
+            try:
+                await pubsub.aclose()
+            except Exception:  # noqa: BLE001
+                pass

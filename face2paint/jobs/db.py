@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import (
     JSON,
@@ -353,6 +353,23 @@ def session_factory(engine: Engine) -> sessionmaker:
     # expire_on_commit=False: a unit of work returns ORM objects that callers read after it
     # committed (possibly after the session is closed).
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def after_commit(sessions: sessionmaker, key: str, publish: Callable[[Any], None]) -> None:
+    """On every session of `sessions`: once a transaction commits, hand what it left in
+    `session.info[key]` to `publish`; a rollback drops it (those rows were never written). For
+    work outside the database that must follow a commit, never precede it: webhook deliveries
+    (jobs/webhooks.py), job-change notices (jobs/notices.py)."""
+
+    @event.listens_for(sessions, "after_commit")
+    def _publish(session):
+        value = session.info.pop(key, None)
+        if value:
+            publish(value)
+
+    @event.listens_for(sessions, "after_soft_rollback")
+    def _forget(session, previous_transaction):
+        session.info.pop(key, None)
 
 
 @contextmanager

@@ -8,18 +8,18 @@ broker that is not Redis, a process that never installed the publisher) only del
 follower to its own poll, which it keeps as the fallback.
 
 The domain functions mark what changed on the session (`mark_changed`, from begin_stage and
-refresh_job); `publish_after_commit` installs the listener that publishes the marks of a
-sessionmaker's sessions after each commit and drops them on a rollback.
+refresh_job); `publish_after_commit` publishes a sessionmaker's marks after each commit
+(db.after_commit, the webhook outbox's mechanism too) and drops them on a rollback.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from sqlalchemy.orm import Session
 
+from .db import after_commit
 from .redis_client import redis_client_for
 
 log = logging.getLogger("face2paint.notices")
@@ -37,17 +37,12 @@ def mark_changed(session: Session, job_id: str) -> None:
     session.info.setdefault(CHANGED, set()).add(job_id)
 
 
-def take_changed(session: Session) -> set[str]:
-    return session.info.pop(CHANGED, None) or set()
-
-
 class Publisher:
     """Publishes job ids on their channels; after a failure, stays quiet for RETRY_S."""
 
     def __init__(self, client):
         self.client = client
         self._quiet_until = 0.0
-        self._lock = threading.Lock()
 
     @classmethod
     def for_broker(cls, broker_url: str | None) -> "Publisher | None":
@@ -65,8 +60,7 @@ class Publisher:
                 pipe.execute()
             return len(job_ids)
         except Exception as e:  # noqa: BLE001 - followers fall back to polling
-            with self._lock:
-                self._quiet_until = time.monotonic() + RETRY_S
+            self._quiet_until = time.monotonic() + RETRY_S
             log.debug("job-change notices not published (%r); followers will poll", e)
             return 0
 
@@ -78,15 +72,10 @@ class Publisher:
 
 
 def publish_after_commit(sessions, publisher: "Publisher | None") -> None:
-    """Publish the jobs each committed transaction of `sessions` (a sessionmaker) changed."""
-    from sqlalchemy import event
+    """Publish the jobs each committed transaction of `sessions` (a sessionmaker) changed;
+    without a publisher the marks are only dropped."""
+    after_commit(sessions, CHANGED, publisher.publish if publisher is not None else _drop)
 
-    @event.listens_for(sessions, "after_commit")
-    def _publish(session):
-        changed = take_changed(session)
-        if changed and publisher is not None:
-            publisher.publish(sorted(changed))
 
-    @event.listens_for(sessions, "after_soft_rollback")
-    def _forget(session, previous_transaction):
-        take_changed(session)
+def _drop(job_ids) -> None:
+    pass

@@ -108,7 +108,6 @@ def begin_stage(
 
     item.status = target
     item.stage = stage
-    notices.mark_changed(session, item.job_id)
     item.attempts = attempts
     if item.started_at is None:
         item.started_at = now
@@ -118,6 +117,7 @@ def begin_stage(
         task_id=task_id,
     )
     session.add(attempt)
+    notices.mark_changed(session, item.job_id)  # the item's new stage, for the event streams
     # The first stage to start moves the job from queued to running; a conditional UPDATE, so
     # only the first of many concurrent items writes (lock order item → job holds).
     session.execute(

@@ -168,11 +168,6 @@ def take_outbox(session: Session) -> list[str]:
     return session.info.pop(OUTBOX, None) or []
 
 
-def forget_outbox(session: Session) -> None:
-    """After a rollback: those rows were never written."""
-    session.info.pop(OUTBOX, None)
-
-
 # --- delivering -------------------------------------------------------------------------------
 
 

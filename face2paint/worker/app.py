@@ -108,23 +108,17 @@ def publish_outbox_after_commit(sessions, app: Celery | None = None) -> None:
     """Publish the webhook deliveries a session's transaction wrote (jobs/webhooks.py) once it
     has committed, on every session of `sessions` (a sessionmaker). Best effort: a broker that
     is down loses nothing, since the rows are committed and the sweeper sends them later."""
-    from sqlalchemy import event
+    from ..jobs.db import after_commit
+    from ..jobs.webhooks import OUTBOX
 
-    from ..jobs.webhooks import forget_outbox, take_outbox
+    def _publish(ids):
+        try:
+            enqueue_webhooks(ids, app=app)
+        except Exception:  # noqa: BLE001 - the sweeper publishes them again
+            log.warning("could not publish %d webhook deliveries; the sweeper will", len(ids),
+                        exc_info=True)
 
-    @event.listens_for(sessions, "after_commit")
-    def _publish(session):
-        ids = take_outbox(session)
-        if ids:
-            try:
-                enqueue_webhooks(ids, app=app)
-            except Exception:  # noqa: BLE001 - the sweeper publishes them again
-                log.warning("could not publish %d webhook deliveries; the sweeper will", len(ids),
-                            exc_info=True)
-
-    @event.listens_for(sessions, "after_soft_rollback")
-    def _forget(session, previous_transaction):
-        forget_outbox(session)
+    after_commit(sessions, OUTBOX, _publish)
 
 
 def _stage_task_item(payload: dict) -> str | None:

@@ -5,8 +5,8 @@ The stream holds no database session while it waits: it reads the job and its it
 short session of its own, on the threadpool (never on the event loop), and sends what changed,
 each time a job-change notice arrives on Redis (jobs/notices.py: a worker or the API committed
 a change to this job) and at the latest every POLL_S, which is all it has when notices are
-lost or the broker is not Redis. It ends after the event that shows the job terminal. Authentication is the
-usual header (the page reads the stream with fetch(), which can send one, rather than with
+lost or the broker is not Redis. It ends after the event that shows the job terminal.
+Authentication is the usual header (the page reads the stream with fetch(), which can send one, rather than with
 EventSource, which cannot: a key in the query string would end up in logs and history).
 """
 
@@ -68,16 +68,17 @@ async def job_events(job_id: JobId, request: Request, owner: OwnerDep):
     async def _stream(notices: "_Notices") -> AsyncIterator[bytes]:
         yield b"retry: 2000\n\n"
         sent_job, sent_items = None, {}
-        snapshot, last_sent = first, time.monotonic()
-        if notices.pubsub is not None:
-            # A change committed between the first read and the subscription sent no notice
-            # this stream heard: read once more, now that every later one will be heard.
-            try:
-                snapshot = await run_in_threadpool(_snapshot, sessions, job_id, owner)
-            except NotFound:
-                yield _event("gone", json.dumps({"id": job_id}))
-                return
+        last_sent = time.monotonic()
+        # Subscribed after the first read: a change committed in between sent a notice this
+        # stream did not hear, so read once more before the first wait.
+        snapshot = first if notices.pubsub is None else None
         while True:
+            if snapshot is None:
+                try:
+                    snapshot = await run_in_threadpool(_snapshot, sessions, job_id, owner)
+                except NotFound:
+                    yield _event("gone", json.dumps({"id": job_id}))
+                    return
             job, items = snapshot
             for item in items:
                 data = item.model_dump_json()
@@ -97,11 +98,7 @@ async def job_events(job_id: JobId, request: Request, owner: OwnerDep):
                 yield b": keep-alive\n\n"
                 last_sent = time.monotonic()
             await notices.wait(POLL_S)
-            try:
-                snapshot = await run_in_threadpool(_snapshot, sessions, job_id, owner)
-            except NotFound:
-                yield _event("gone", json.dumps({"id": job_id}))
-                return
+            snapshot = None
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
